@@ -1,0 +1,5 @@
+//! Local multi-site testbeds, the user scenarios and the benchmarks of slicenet.
+
+pub mod catalog;
+pub mod demo;
+pub mod rtt;

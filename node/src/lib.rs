@@ -1,0 +1,1 @@
+//! The slicenet node: membership, node manager and sliver supervisor.

@@ -1,0 +1,34 @@
+//! `slicenet`: the one command-line entry point (daemons and client).
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "slicenet",
+    version,
+    about = "A distributed virtual machine overlay: slices, slivers and enclaves"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Bring up a local multi-site testbed on this machine and show it working.
+    Demo(slicenet_experiments::demo::DemoArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Demo(args) => slicenet_experiments::demo::run(&args),
+    }
+}

@@ -1,0 +1,1 @@
+//! The slicenet data plane: WireGuard sessions, VXLAN, the per-enclave learning switch and its ports.

@@ -1,0 +1,1 @@
+//! The slicenet KVM microVM and the virtual appliance format.
