@@ -1,1 +1,13 @@
 //! The slicenet slice authority: registry, placement, leases, signed tickets and the HTTP API.
+//!
+//! Modules other crates use:
+//! - [`ticket`]: ticket documents, their canonical signed encoding and
+//!   offline verification ([`ticket::verify`]) for nodes;
+//! - [`client`]: an HTTP client that signs requests with a principal's or a node's key;
+//! - [`keys`]: key files (contract 2);
+//! - [`api`]: the JSON request and response types of the HTTP API;
+//! - [`server`]: runs an authority in-process (tests, the demo, benchmarks).
+
+pub mod keys;
+pub mod model;
+pub mod ticket;
