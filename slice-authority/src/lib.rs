@@ -8,6 +8,10 @@
 //! - [`api`]: the JSON request and response types of the HTTP API;
 //! - [`server`]: runs an authority in-process (tests, the demo, benchmarks).
 
+pub mod api;
+pub mod auth;
+pub mod config;
 pub mod keys;
 pub mod model;
+pub mod placement;
 pub mod ticket;
