@@ -134,8 +134,8 @@ fn describe_group(g: &PlacementGroup, res: &Resources) -> String {
 }
 
 fn matches_location(g: &PlacementGroup, n: &NodeView) -> bool {
-    (g.nodes.is_empty() || g.nodes.iter().any(|x| *x == n.name))
-        && (g.sites.is_empty() || g.sites.iter().any(|x| *x == n.site))
+    (g.nodes.is_empty() || g.nodes.contains(&n.name))
+        && (g.sites.is_empty() || g.sites.contains(&n.site))
         && (g.regions.is_empty() || g.regions.iter().any(|x| x.eq_ignore_ascii_case(&n.region)))
         && (g.countries.is_empty()
             || g.countries
@@ -284,7 +284,7 @@ pub fn place(
 }
 
 fn slots(free: &Resources, res: &Resources) -> u64 {
-    let div = |a: u64, b: u64| if b == 0 { u64::MAX } else { a / b };
+    let div = |a: u64, b: u64| a.checked_div(b).unwrap_or(u64::MAX);
     div(free.vcpus as u64, res.vcpus as u64)
         .min(div(free.memory_mib, res.memory_mib))
         .min(div(free.disk_gib, res.disk_gib))
