@@ -1,1 +1,2 @@
 //! The slicenet node: membership, node manager and sliver supervisor.
+pub mod membership;

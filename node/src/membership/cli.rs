@@ -1,0 +1,1 @@
+//! `slicenet membership ...`: run a membership node and print what it sees.

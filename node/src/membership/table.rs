@@ -1,0 +1,793 @@
+//! The membership table: which nodes exist, their latest verified record, and
+//! whether each is up. Pure state, no I/O (the network driver feeds it), so
+//! every rule about accepting records and declaring failures is tested here.
+//!
+//! Rules that keep a hostile peer from doing damage:
+//! - cheap checks first (size, format, staleness, binding, room in the table),
+//!   the signature last, so junk costs little CPU;
+//! - a record replaces another of the same node only with a higher seq, and a
+//!   record older than `max_record_age` is refused, so replays do nothing;
+//! - the table is bounded; when full, only Down tombstones are evicted, never a
+//!   live member, so flooding new identities cannot push anyone out;
+//! - a suspicion never removes a node by itself: the node gets
+//!   `suspicion_timeout` to refute it with a newer record.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::identity::{NodeId, WgPublicKey};
+use super::record::{NodeRecord, NodeRecordPacket, RecordError, VerifiedNodeRecord};
+use super::status::Counters;
+
+/// Timing and size limits of the table.
+#[derive(Debug, Clone)]
+pub struct TableConfig {
+    /// Most nodes (live or tombstoned) the table holds.
+    pub max_members: usize,
+    /// A member with no direct connection and no new record for this long is declared down.
+    pub record_ttl: Duration,
+    /// How long a suspected member has to refute a suspicion.
+    pub suspicion_timeout: Duration,
+    /// Records signed longer ago than this are refused (they cannot revive anyone).
+    pub max_record_age: Duration,
+    /// Records signed further than this in the future are refused.
+    pub max_clock_skew: Duration,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        Self {
+            max_members: 10_000,
+            record_ttl: Duration::from_secs(60),
+            suspicion_timeout: Duration::from_millis(1000),
+            max_record_age: Duration::from_secs(60),
+            max_clock_skew: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a member is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DownReason {
+    /// It announced it was leaving (graceful shutdown).
+    Left,
+    /// Our connection to it closed or stopped answering pings, and redialing it failed.
+    Unreachable,
+    /// Another node could not reach it and it did not refute within the suspicion timeout.
+    Unrefuted,
+    /// Nothing was heard from it (no record, no connection) for the record TTL.
+    Expired,
+}
+
+/// Whether a member is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "reason")]
+pub enum MemberState {
+    /// Live: recently heard from.
+    Up,
+    /// Failed or gone; the entry stays as a tombstone so replays cannot revive it.
+    Down(DownReason),
+}
+
+/// A change in membership, delivered to the node manager in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipEvent {
+    /// A node became a live member (first seen, or back after being down).
+    PeerUp(VerifiedNodeRecord),
+    /// A live member published a record with different content.
+    PeerUpdated(VerifiedNodeRecord),
+    /// A member failed or left.
+    PeerDown {
+        /// The node.
+        node: NodeId,
+        /// Why it is considered down.
+        reason: DownReason,
+    },
+}
+
+/// A snapshot of one member.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Its latest verified record.
+    pub record: VerifiedNodeRecord,
+    /// Up or down.
+    pub state: MemberState,
+    /// Whether this node holds a direct connection to it.
+    pub connected: bool,
+    /// Time since it was last heard from (record, ping or connection).
+    pub last_heard: Duration,
+}
+
+/// Why a record was refused, one counter each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Longer than any valid record.
+    Oversized,
+    /// Not a well-formed record.
+    Malformed(RecordError),
+    /// Signature does not verify under the claimed node id.
+    BadSignature,
+    /// A record presented as a peer's own, but about another node.
+    WrongBinding {
+        /// The authenticated peer.
+        expected: NodeId,
+        /// The node the record is about.
+        claimed: NodeId,
+    },
+    /// Not newer than what we hold, or signed too long ago (replay).
+    Stale,
+    /// Signed in the future beyond the allowed clock skew.
+    FromFuture,
+    /// A new node while the table is full of live members.
+    TableFull,
+    /// Claims a WireGuard key another live member already holds.
+    KeyConflict,
+    /// A newer record with our own node id: another process runs with our key.
+    OwnIdConflict,
+}
+
+/// What happened to an offered record that was not refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    /// Already held (same seq): normal in gossip, nothing to do.
+    Duplicate,
+    /// Our own record came back to us.
+    Own,
+    /// Stored; the event (if any) must be delivered, and `newer` tells gossip to forward it.
+    Stored(Option<MembershipEvent>),
+}
+
+/// What a suspicion about a node asks of the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuspicionOutcome {
+    /// Nothing to do (unknown node, old seq, or we have first-hand evidence it is up).
+    Ignored,
+    /// The suspicion is about us: publish a newer record to refute it.
+    RefuteSelf,
+    /// The node now has `suspicion_timeout` to refute; forward the suspicion.
+    Suspected,
+}
+
+struct Entry {
+    record: VerifiedNodeRecord,
+    state: MemberState,
+    connected: bool,
+    last_heard: Instant,
+    refute_by: Option<Instant>,
+}
+
+/// The membership table of one node.
+pub struct MemberTable {
+    local: NodeId,
+    local_seq: u64,
+    config: TableConfig,
+    entries: HashMap<NodeId, Entry>,
+    wireguard_owner: HashMap<WgPublicKey, NodeId>,
+    /// Counters of accepted and refused input.
+    pub counters: Counters,
+}
+
+impl MemberTable {
+    /// An empty table for the node `local`.
+    pub fn new(local: NodeId, config: TableConfig) -> Self {
+        Self {
+            local,
+            local_seq: 0,
+            config,
+            entries: HashMap::new(),
+            wireguard_owner: HashMap::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Tells the table the seq of our own latest record (to recognise echoes and conflicts).
+    pub fn set_local_seq(&mut self, seq: u64) {
+        self.local_seq = seq;
+    }
+
+    /// Offers an encoded record from the network. `bound_to` is the authenticated peer that
+    /// presented it as its own record, if it did; `wall_ms` is the local unix time.
+    pub fn offer(
+        &mut self,
+        bytes: &[u8],
+        bound_to: Option<NodeId>,
+        now: Instant,
+        wall_ms: u64,
+    ) -> Result<Accepted, Refusal> {
+        let result = self.offer_inner(bytes, bound_to, now, wall_ms);
+        self.counters.count_offer(&result);
+        result
+    }
+
+    fn offer_inner(
+        &mut self,
+        bytes: &[u8],
+        bound_to: Option<NodeId>,
+        now: Instant,
+        wall_ms: u64,
+    ) -> Result<Accepted, Refusal> {
+        let packet = NodeRecordPacket::new_checked(bytes).map_err(|e| match e {
+            RecordError::Oversized { .. } => Refusal::Oversized,
+            e => Refusal::Malformed(e),
+        })?;
+        let record = NodeRecord::parse(&packet).map_err(Refusal::Malformed)?;
+        if let Some(expected) = bound_to {
+            if record.node_id != expected {
+                return Err(Refusal::WrongBinding {
+                    expected,
+                    claimed: record.node_id,
+                });
+            }
+        }
+        if record.node_id == self.local {
+            return if record.seq > self.local_seq {
+                Err(Refusal::OwnIdConflict)
+            } else {
+                Ok(Accepted::Own)
+            };
+        }
+        let existing = self.entries.get(&record.node_id);
+        if let Some(entry) = existing {
+            if record.seq == entry.record.seq() && bytes == entry.record.bytes() {
+                return Ok(Accepted::Duplicate);
+            }
+            if record.seq <= entry.record.seq() {
+                return Err(Refusal::Stale);
+            }
+        }
+        let skew = self.config.max_clock_skew.as_millis() as u64;
+        let max_age = self.config.max_record_age.as_millis() as u64;
+        if record.timestamp_ms > wall_ms.saturating_add(skew) {
+            return Err(Refusal::FromFuture);
+        }
+        if record.timestamp_ms.saturating_add(max_age) < wall_ms {
+            return Err(Refusal::Stale);
+        }
+        if existing.is_none() && !self.make_room() {
+            return Err(Refusal::TableFull);
+        }
+        let verified = VerifiedNodeRecord::verify_parsed(&packet, record)
+            .map_err(|_| Refusal::BadSignature)?;
+        let node = verified.node_id();
+        let key = verified.info().wireguard_key;
+        if let Some(owner) = self.wireguard_owner.get(&key) {
+            let owner_up = self
+                .entries
+                .get(owner)
+                .is_some_and(|e| e.state == MemberState::Up);
+            if *owner != node && owner_up {
+                return Err(Refusal::KeyConflict);
+            }
+        }
+        Ok(Accepted::Stored(self.store(verified, now)))
+    }
+
+    /// Makes room for one new entry by evicting the oldest tombstone; false when all are live.
+    fn make_room(&mut self) -> bool {
+        if self.entries.len() < self.config.max_members {
+            return true;
+        }
+        let oldest_tombstone = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.state != MemberState::Up)
+            .min_by_key(|(_, e)| e.last_heard)
+            .map(|(id, _)| *id);
+        match oldest_tombstone {
+            Some(id) => {
+                self.remove(&id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remove(&mut self, node: &NodeId) {
+        if let Some(entry) = self.entries.remove(node) {
+            let key = entry.record.info().wireguard_key;
+            if self.wireguard_owner.get(&key) == Some(node) {
+                self.wireguard_owner.remove(&key);
+            }
+        }
+    }
+
+    fn store(&mut self, record: VerifiedNodeRecord, now: Instant) -> Option<MembershipEvent> {
+        let node = record.node_id();
+        let leaving = record.record().leaving;
+        let key = record.info().wireguard_key;
+        if let Some(old) = self.entries.get(&node) {
+            let old_key = old.record.info().wireguard_key;
+            if old_key != key && self.wireguard_owner.get(&old_key) == Some(&node) {
+                self.wireguard_owner.remove(&old_key);
+            }
+        }
+        self.wireguard_owner.insert(key, node);
+        let new_state = if leaving {
+            MemberState::Down(DownReason::Left)
+        } else {
+            MemberState::Up
+        };
+        let previous = self.entries.insert(
+            node,
+            Entry {
+                record: record.clone(),
+                state: new_state,
+                connected: false,
+                last_heard: now,
+                refute_by: None,
+            },
+        );
+        let (was_up, changed) = match &previous {
+            Some(old) => (
+                old.state == MemberState::Up,
+                old.record.info() != record.info(),
+            ),
+            None => (false, true),
+        };
+        if let Some(old) = previous {
+            self.entries
+                .get_mut(&node)
+                .expect("just inserted")
+                .connected = old.connected;
+        }
+        match (was_up, leaving) {
+            (true, true) => Some(MembershipEvent::PeerDown {
+                node,
+                reason: DownReason::Left,
+            }),
+            (false, true) => None,
+            (false, false) => Some(MembershipEvent::PeerUp(record)),
+            (true, false) => changed.then_some(MembershipEvent::PeerUpdated(record)),
+        }
+    }
+
+    /// Handles a suspicion that `node` was unreachable at `seq`.
+    pub fn suspect(&mut self, node: NodeId, seq: u64, now: Instant) -> SuspicionOutcome {
+        self.counters.suspicions_received += 1;
+        if node == self.local {
+            return if seq >= self.local_seq {
+                SuspicionOutcome::RefuteSelf
+            } else {
+                SuspicionOutcome::Ignored
+            };
+        }
+        let timeout = self.config.suspicion_timeout;
+        let Some(entry) = self.entries.get_mut(&node) else {
+            return SuspicionOutcome::Ignored;
+        };
+        let first_hand = entry.connected && now.duration_since(entry.last_heard) < timeout;
+        if entry.state != MemberState::Up || seq < entry.record.seq() || first_hand {
+            return SuspicionOutcome::Ignored;
+        }
+        if entry.refute_by.is_none() {
+            entry.refute_by = Some(now + timeout);
+            SuspicionOutcome::Suspected
+        } else {
+            SuspicionOutcome::Ignored
+        }
+    }
+
+    /// Our own probe of `node` failed: it is down from here. Returns the seq it was at.
+    pub fn unreachable(&mut self, node: NodeId) -> Option<(MembershipEvent, u64)> {
+        let entry = self.entries.get_mut(&node)?;
+        entry.connected = false;
+        if entry.state != MemberState::Up {
+            return None;
+        }
+        entry.state = MemberState::Down(DownReason::Unreachable);
+        entry.refute_by = None;
+        Some((
+            MembershipEvent::PeerDown {
+                node,
+                reason: DownReason::Unreachable,
+            },
+            entry.record.seq(),
+        ))
+    }
+
+    /// Records whether we hold a direct connection to `node`.
+    pub fn set_connected(&mut self, node: NodeId, connected: bool, now: Instant) {
+        if let Some(entry) = self.entries.get_mut(&node) {
+            entry.connected = connected;
+            if connected {
+                entry.last_heard = now;
+            }
+        }
+    }
+
+    /// First-hand evidence that `node` is alive (a ping answered): clears our suspicion of it.
+    pub fn heard_from(&mut self, node: NodeId, now: Instant) {
+        if let Some(entry) = self.entries.get_mut(&node) {
+            if entry.state == MemberState::Up {
+                entry.last_heard = now;
+                entry.refute_by = None;
+            }
+        }
+    }
+
+    /// Applies timeouts: unrefuted suspicions and expired records. Drops old tombstones.
+    pub fn tick(&mut self, now: Instant) -> Vec<MembershipEvent> {
+        let mut events = Vec::new();
+        let ttl = self.config.record_ttl;
+        let tombstone_ttl = self.config.max_record_age + self.config.max_clock_skew;
+        let mut forget = Vec::new();
+        for (node, entry) in &mut self.entries {
+            let silent_for = now.duration_since(entry.last_heard);
+            let reason = match entry.state {
+                MemberState::Up if entry.refute_by.is_some_and(|t| now >= t) => {
+                    DownReason::Unrefuted
+                }
+                MemberState::Up if !entry.connected && silent_for > ttl => DownReason::Expired,
+                MemberState::Up => continue,
+                MemberState::Down(_) => {
+                    if silent_for > tombstone_ttl {
+                        forget.push(*node);
+                    }
+                    continue;
+                }
+            };
+            entry.state = MemberState::Down(reason);
+            entry.refute_by = None;
+            // Tombstone age counts from the moment it went down.
+            entry.last_heard = now;
+            events.push(MembershipEvent::PeerDown {
+                node: *node,
+                reason,
+            });
+        }
+        for node in forget {
+            self.remove(&node);
+        }
+        events
+    }
+
+    /// Whether `node` is a live member.
+    pub fn is_up(&self, node: &NodeId) -> bool {
+        self.entries
+            .get(node)
+            .is_some_and(|e| e.state == MemberState::Up)
+    }
+
+    /// The seq of the record held for `node`.
+    pub fn seq_of(&self, node: &NodeId) -> Option<u64> {
+        self.entries.get(node).map(|e| e.record.seq())
+    }
+
+    /// Snapshot of every entry (live members and tombstones).
+    pub fn members(&self, now: Instant) -> Vec<Member> {
+        let mut out: Vec<Member> = self
+            .entries
+            .values()
+            .map(|e| Member {
+                record: e.record.clone(),
+                state: e.state,
+                connected: e.connected,
+                last_heard: now.duration_since(e.last_heard),
+            })
+            .collect();
+        out.sort_by_key(|m| m.record.node_id());
+        out
+    }
+
+    /// Number of live members (not counting ourselves).
+    pub fn live_count(&self) -> usize {
+        self.entries
+            .values()
+            .filter(|e| e.state == MemberState::Up)
+            .count()
+    }
+
+    /// Number of entries, live or tombstoned.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// (node, seq) of every entry, for a sync request.
+    pub fn digest(&self) -> impl Iterator<Item = (NodeId, u64)> + '_ {
+        self.entries.iter().map(|(id, e)| (*id, e.record.seq()))
+    }
+
+    /// Records of live members that a peer with `digest` lacks or holds older versions of.
+    pub fn newer_than(&self, digest: impl Iterator<Item = (NodeId, u64)>) -> Vec<&[u8]> {
+        let known: HashMap<NodeId, u64> = digest.collect();
+        self.entries
+            .iter()
+            .filter(|(id, e)| {
+                e.state == MemberState::Up && known.get(id).is_none_or(|&s| s < e.record.seq())
+            })
+            .map(|(_, e)| e.record.bytes())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::identity::NodeIdentity;
+    use crate::membership::record::{Capacity, GeoLocation, NodeInfo};
+    use std::net::Ipv4Addr;
+
+    const WALL: u64 = 1_800_000_000_000;
+
+    fn info(wg: u8) -> NodeInfo {
+        NodeInfo {
+            site: "site".into(),
+            region: "eu".into(),
+            location: GeoLocation::default(),
+            capacity: Capacity::default(),
+            wireguard_key: WgPublicKey::from_bytes([wg; 32]),
+            tunnel_addr: Ipv4Addr::new(198, 19, 255, wg),
+            underlay: vec![],
+            software_version: "test".into(),
+        }
+    }
+
+    fn signed(id: &NodeIdentity, seq: u64, wg: u8) -> Vec<u8> {
+        signed_at(id, seq, wg, WALL, false)
+    }
+
+    fn signed_at(id: &NodeIdentity, seq: u64, wg: u8, ts: u64, leaving: bool) -> Vec<u8> {
+        NodeRecord {
+            node_id: id.node_id(),
+            seq,
+            timestamp_ms: ts,
+            leaving,
+            info: info(wg),
+        }
+        .sign(id)
+        .unwrap()
+        .bytes()
+        .to_vec()
+    }
+
+    fn table() -> MemberTable {
+        MemberTable::new(NodeIdentity::generate().node_id(), TableConfig::default())
+    }
+
+    #[test]
+    fn new_node_comes_up_and_newer_content_updates_it() {
+        let mut t = table();
+        let now = Instant::now();
+        let a = NodeIdentity::generate();
+        let up = t.offer(&signed(&a, 1, 1), None, now, WALL).unwrap();
+        assert!(matches!(
+            up,
+            Accepted::Stored(Some(MembershipEvent::PeerUp(_)))
+        ));
+        assert_eq!(
+            t.offer(&signed(&a, 1, 1), None, now, WALL),
+            Ok(Accepted::Duplicate)
+        );
+        // Same content, new seq (a refresh): stored silently.
+        assert_eq!(
+            t.offer(&signed(&a, 2, 1), None, now, WALL),
+            Ok(Accepted::Stored(None))
+        );
+        let updated = t.offer(&signed(&a, 3, 2), None, now, WALL).unwrap();
+        assert!(matches!(
+            updated,
+            Accepted::Stored(Some(MembershipEvent::PeerUpdated(_)))
+        ));
+        assert_eq!(t.counters.records_accepted, 3);
+        assert_eq!(t.counters.records_duplicate, 1);
+    }
+
+    #[test]
+    fn replayed_and_stale_records_are_refused_and_counted() {
+        let mut t = table();
+        let now = Instant::now();
+        let a = NodeIdentity::generate();
+        t.offer(&signed(&a, 5, 1), None, now, WALL).unwrap();
+        assert_eq!(
+            t.offer(&signed(&a, 4, 1), None, now, WALL),
+            Err(Refusal::Stale)
+        );
+        let old = signed_at(&NodeIdentity::generate(), 9, 3, WALL - 61_000, false);
+        assert_eq!(t.offer(&old, None, now, WALL), Err(Refusal::Stale));
+        let future = signed_at(&NodeIdentity::generate(), 9, 4, WALL + 31_000, false);
+        assert_eq!(t.offer(&future, None, now, WALL), Err(Refusal::FromFuture));
+        assert_eq!(t.counters.dropped_stale, 2);
+        assert_eq!(t.counters.dropped_from_future, 1);
+        assert_eq!(t.live_count(), 1);
+    }
+
+    #[test]
+    fn forged_and_misbound_records_are_refused_and_counted() {
+        let mut t = table();
+        let now = Instant::now();
+        let victim = NodeIdentity::generate();
+        let attacker = NodeIdentity::generate();
+        let mut forged = signed(&attacker, 1, 1);
+        forged[18..50].copy_from_slice(victim.node_id().as_bytes());
+        assert_eq!(
+            t.offer(&forged, None, now, WALL),
+            Err(Refusal::BadSignature)
+        );
+        // A valid record of the attacker, presented by the victim's connection.
+        let misbound = signed(&attacker, 1, 1);
+        assert!(matches!(
+            t.offer(&misbound, Some(victim.node_id()), now, WALL),
+            Err(Refusal::WrongBinding { .. })
+        ));
+        assert_eq!(
+            t.offer(&[0u8; 2000], None, now, WALL),
+            Err(Refusal::Oversized)
+        );
+        assert!(matches!(
+            t.offer(&[1, 2, 3], None, now, WALL),
+            Err(Refusal::Malformed(_))
+        ));
+        let c = t.counters;
+        assert_eq!(
+            (
+                c.dropped_bad_signature,
+                c.dropped_wrong_binding,
+                c.dropped_oversized,
+                c.dropped_malformed
+            ),
+            (1, 1, 1, 1)
+        );
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_live_members_wireguard_key_cannot_be_claimed_by_another_node() {
+        let mut t = table();
+        let now = Instant::now();
+        t.offer(&signed(&NodeIdentity::generate(), 1, 7), None, now, WALL)
+            .unwrap();
+        assert_eq!(
+            t.offer(&signed(&NodeIdentity::generate(), 1, 7), None, now, WALL),
+            Err(Refusal::KeyConflict)
+        );
+        assert_eq!(t.counters.dropped_key_conflict, 1);
+    }
+
+    #[test]
+    fn full_table_evicts_tombstones_but_never_live_members() {
+        let mut t = MemberTable::new(
+            NodeIdentity::generate().node_id(),
+            TableConfig {
+                max_members: 2,
+                ..TableConfig::default()
+            },
+        );
+        let now = Instant::now();
+        let a = NodeIdentity::generate();
+        t.offer(&signed(&a, 1, 1), None, now, WALL).unwrap();
+        t.offer(&signed(&NodeIdentity::generate(), 1, 2), None, now, WALL)
+            .unwrap();
+        let sybil = signed(&NodeIdentity::generate(), 1, 3);
+        assert_eq!(t.offer(&sybil, None, now, WALL), Err(Refusal::TableFull));
+        assert_eq!(t.live_count(), 2);
+        t.unreachable(a.node_id()).unwrap();
+        assert!(
+            t.offer(&sybil, None, now, WALL).is_ok(),
+            "tombstone evicted"
+        );
+        assert_eq!(t.live_count(), 2);
+        assert_eq!(t.counters.dropped_table_full, 1);
+    }
+
+    #[test]
+    fn suspicion_downs_a_node_only_if_it_does_not_refute() {
+        let mut t = table();
+        let now = Instant::now();
+        let a = NodeIdentity::generate();
+        let b = NodeIdentity::generate();
+        t.offer(&signed(&a, 1, 1), None, now, WALL).unwrap();
+        t.offer(&signed(&b, 1, 2), None, now, WALL).unwrap();
+        assert_eq!(t.suspect(a.node_id(), 1, now), SuspicionOutcome::Suspected);
+        assert_eq!(t.suspect(b.node_id(), 1, now), SuspicionOutcome::Suspected);
+        assert_eq!(t.suspect(b.node_id(), 0, now), SuspicionOutcome::Ignored);
+        // b refutes with a newer record.
+        t.offer(&signed(&b, 2, 2), None, now, WALL).unwrap();
+        let later = now + Duration::from_millis(1100);
+        assert_eq!(
+            t.tick(later),
+            vec![MembershipEvent::PeerDown {
+                node: a.node_id(),
+                reason: DownReason::Unrefuted
+            }]
+        );
+        assert!(t.is_up(&b.node_id()));
+        // A replay of a's last record cannot revive it; a newer one does.
+        assert_eq!(
+            t.offer(&signed(&a, 1, 1), None, later, WALL),
+            Ok(Accepted::Duplicate)
+        );
+        assert!(!t.is_up(&a.node_id()));
+        assert!(matches!(
+            t.offer(&signed(&a, 2, 1), None, later, WALL),
+            Ok(Accepted::Stored(Some(MembershipEvent::PeerUp(_))))
+        ));
+    }
+
+    #[test]
+    fn first_hand_evidence_overrides_a_suspicion() {
+        let mut t = table();
+        let now = Instant::now();
+        let a = NodeIdentity::generate();
+        t.offer(&signed(&a, 1, 1), None, now, WALL).unwrap();
+        t.set_connected(a.node_id(), true, now);
+        assert_eq!(t.suspect(a.node_id(), 1, now), SuspicionOutcome::Ignored);
+    }
+
+    #[test]
+    fn suspicion_of_ourselves_asks_for_a_refutation() {
+        let local = NodeIdentity::generate();
+        let mut t = MemberTable::new(local.node_id(), TableConfig::default());
+        t.set_local_seq(10);
+        assert_eq!(
+            t.suspect(local.node_id(), 10, Instant::now()),
+            SuspicionOutcome::RefuteSelf
+        );
+        assert_eq!(
+            t.suspect(local.node_id(), 9, Instant::now()),
+            SuspicionOutcome::Ignored
+        );
+        assert_eq!(
+            t.offer(&signed(&local, 11, 1), None, Instant::now(), WALL),
+            Err(Refusal::OwnIdConflict)
+        );
+    }
+
+    #[test]
+    fn silent_unconnected_members_expire_after_the_ttl() {
+        let mut t = table();
+        let now = Instant::now();
+        let a = NodeIdentity::generate();
+        let b = NodeIdentity::generate();
+        t.offer(&signed(&a, 1, 1), None, now, WALL).unwrap();
+        t.offer(&signed(&b, 1, 2), None, now, WALL).unwrap();
+        t.set_connected(b.node_id(), true, now);
+        let events = t.tick(now + Duration::from_secs(61));
+        assert_eq!(
+            events,
+            vec![MembershipEvent::PeerDown {
+                node: a.node_id(),
+                reason: DownReason::Expired
+            }]
+        );
+        // The tombstone is forgotten once no record of it could still be accepted.
+        t.tick(now + Duration::from_secs(61 + 91));
+        assert_eq!(t.seq_of(&a.node_id()), None);
+    }
+
+    #[test]
+    fn leaving_record_downs_the_member() {
+        let mut t = table();
+        let now = Instant::now();
+        let a = NodeIdentity::generate();
+        t.offer(&signed(&a, 1, 1), None, now, WALL).unwrap();
+        assert_eq!(
+            t.offer(&signed_at(&a, 2, 1, WALL, true), None, now, WALL),
+            Ok(Accepted::Stored(Some(MembershipEvent::PeerDown {
+                node: a.node_id(),
+                reason: DownReason::Left
+            })))
+        );
+    }
+
+    #[test]
+    fn sync_sends_only_what_the_peer_lacks() {
+        let mut t = table();
+        let now = Instant::now();
+        let a = NodeIdentity::generate();
+        let b = NodeIdentity::generate();
+        t.offer(&signed(&a, 3, 1), None, now, WALL).unwrap();
+        t.offer(&signed(&b, 3, 2), None, now, WALL).unwrap();
+        let newer = t.newer_than([(a.node_id(), 3), (b.node_id(), 2)].into_iter());
+        assert_eq!(newer.len(), 1);
+        assert_eq!(
+            VerifiedNodeRecord::verify(newer[0]).unwrap().node_id(),
+            b.node_id()
+        );
+    }
+}
