@@ -17,6 +17,9 @@ struct Cli {
 enum Command {
     /// Bring up a local multi-site testbed on this machine and show it working.
     Demo(slicenet_experiments::demo::DemoArgs),
+    /// Build, show and verify virtual appliances (kernel + initramfs + manifest).
+    #[command(subcommand)]
+    Appliance(slicenet_vmm::cli::ApplianceCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +33,6 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Demo(args) => slicenet_experiments::demo::run(&args),
+        Command::Appliance(command) => slicenet_vmm::cli::run(command),
     }
 }
