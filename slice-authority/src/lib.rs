@@ -14,4 +14,5 @@ pub mod config;
 pub mod keys;
 pub mod model;
 pub mod placement;
+pub mod server;
 pub mod ticket;
