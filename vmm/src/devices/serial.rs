@@ -1,0 +1,327 @@
+//! COM1: a 16550 UART (vm-superio) whose output goes to a log file, optionally stdout, and
+//! every connected console client; input comes from console clients. The output is also
+//! scanned for the appliance's ready marker and for kernel panics.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{NoEvents, SerialState};
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::appliance::READY_MARKER;
+
+/// Raises the UART's interrupt through an eventfd (an irqfd on GSI 4 under KVM).
+pub struct EventFdTrigger(pub EventFd);
+
+impl Trigger for EventFdTrigger {
+    type E = io::Error;
+
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Facts learned from the guest's console output, shared with the control API.
+#[derive(Debug, Default)]
+pub struct ConsoleEvents {
+    ready: Mutex<Option<(String, Instant)>>,
+    panicked: AtomicBool,
+}
+
+impl ConsoleEvents {
+    /// Hostname from the ready marker and when it was seen, if it was.
+    pub fn ready(&self) -> Option<(String, Instant)> {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// True once the console showed "Kernel panic - not syncing".
+    pub fn panicked(&self) -> bool {
+        self.panicked.load(Ordering::Relaxed)
+    }
+}
+
+/// Connected interactive console clients.
+pub type ConsoleClients = Arc<Mutex<Vec<UnixStream>>>;
+
+const LINE_CAP: usize = 512;
+const LOG_FLUSH_BYTES: usize = 4096;
+
+/// Where UART output goes.
+pub struct ConsoleOutput {
+    log: Option<File>,
+    stdout: bool,
+    pending: Vec<u8>,
+    line: Vec<u8>,
+    clients: ConsoleClients,
+    events: Arc<ConsoleEvents>,
+}
+
+impl ConsoleOutput {
+    /// Output to `log` (if any) and stdout (if asked), plus `clients`.
+    pub fn new(log: Option<File>, stdout: bool, clients: ConsoleClients) -> ConsoleOutput {
+        ConsoleOutput {
+            log,
+            stdout,
+            pending: Vec::new(),
+            line: Vec::new(),
+            clients,
+            events: Arc::new(ConsoleEvents::default()),
+        }
+    }
+
+    /// The shared ready/panic facts.
+    pub fn events(&self) -> Arc<ConsoleEvents> {
+        self.events.clone()
+    }
+
+    fn scan(&mut self, byte: u8) {
+        if byte == b'\n' {
+            let line = String::from_utf8_lossy(&self.line);
+            let line = line.trim_end_matches('\r');
+            if let Some(host) = line
+                .strip_prefix(READY_MARKER)
+                .and_then(|r| r.strip_prefix(' '))
+            {
+                let mut ready = self.events.ready.lock().unwrap_or_else(|e| e.into_inner());
+                if ready.is_none() {
+                    *ready = Some((host.trim().to_string(), Instant::now()));
+                }
+            }
+            if line.contains("Kernel panic - not syncing") {
+                self.events.panicked.store(true, Ordering::Relaxed);
+            }
+            self.line.clear();
+        } else if self.line.len() < LINE_CAP {
+            self.line.push(byte);
+        }
+    }
+
+    fn flush_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if let Some(log) = &mut self.log {
+            // A full disk must not stop the guest: the log is best effort.
+            let _ = log.write_all(&self.pending);
+        }
+        if self.stdout {
+            let mut out = io::stdout().lock();
+            let _ = out.write_all(&self.pending);
+            let _ = out.flush();
+        }
+        self.pending.clear();
+    }
+}
+
+impl Write for ConsoleOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        for &b in buf {
+            self.scan(b);
+        }
+        self.pending.extend_from_slice(buf);
+        if buf.contains(&b'\n') || self.pending.len() >= LOG_FLUSH_BYTES {
+            self.flush_pending();
+        }
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        // Clients are non-blocking: a slow reader loses output rather than stalling the vCPU,
+        // and a gone reader is dropped.
+        clients.retain_mut(|c| match c.write(buf) {
+            Ok(_) => true,
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        });
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_pending();
+        Ok(())
+    }
+}
+
+/// Serializable UART state (mirrors vm-superio's `SerialState`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialSnapshot {
+    /// Divisor latch low byte.
+    pub baud_divisor_low: u8,
+    /// Divisor latch high byte.
+    pub baud_divisor_high: u8,
+    /// Interrupt enable register.
+    pub interrupt_enable: u8,
+    /// Interrupt identification register.
+    pub interrupt_identification: u8,
+    /// Line control register.
+    pub line_control: u8,
+    /// Line status register.
+    pub line_status: u8,
+    /// Modem control register.
+    pub modem_control: u8,
+    /// Modem status register.
+    pub modem_status: u8,
+    /// Scratch register.
+    pub scratch: u8,
+    /// Received bytes not yet read by the guest.
+    pub in_buffer: Vec<u8>,
+}
+
+/// The COM1 device.
+pub struct SerialDevice {
+    uart: Serial<EventFdTrigger, NoEvents, ConsoleOutput>,
+}
+
+impl SerialDevice {
+    /// A UART raising `irq` and writing to `output`.
+    pub fn new(irq: EventFd, output: ConsoleOutput) -> SerialDevice {
+        SerialDevice {
+            uart: Serial::new(EventFdTrigger(irq), output),
+        }
+    }
+
+    /// Guest read of register `offset` (0..8).
+    pub fn read(&mut self, offset: u8) -> u8 {
+        if offset >= 8 {
+            return 0xff;
+        }
+        self.uart.read(offset)
+    }
+
+    /// Guest write of register `offset` (0..8).
+    pub fn write(&mut self, offset: u8, value: u8) {
+        if offset < 8 {
+            // Errors are the log or the irq eventfd failing: nothing the guest can act on.
+            let _ = self.uart.write(offset, value);
+        }
+    }
+
+    /// Queues console input for the guest; returns how many bytes fit in the FIFO.
+    pub fn enqueue_input(&mut self, input: &[u8]) -> usize {
+        let room = self.uart.fifo_capacity();
+        let take = input.len().min(room);
+        if take == 0 {
+            return 0;
+        }
+        self.uart.enqueue_raw_bytes(&input[..take]).unwrap_or(0)
+    }
+
+    /// Flushes buffered output to the log.
+    pub fn flush(&mut self) {
+        let _ = self.uart.writer_mut().flush();
+    }
+
+    /// The device's state for snapshots.
+    pub fn snapshot(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// Rebuilds a UART from a snapshot.
+    pub fn restore(
+        snapshot: &SerialSnapshot,
+        irq: EventFd,
+        output: ConsoleOutput,
+    ) -> io::Result<SerialDevice> {
+        let state = SerialState {
+            baud_divisor_low: snapshot.baud_divisor_low,
+            baud_divisor_high: snapshot.baud_divisor_high,
+            interrupt_enable: snapshot.interrupt_enable,
+            interrupt_identification: snapshot.interrupt_identification,
+            line_control: snapshot.line_control,
+            line_status: snapshot.line_status,
+            modem_control: snapshot.modem_control,
+            modem_status: snapshot.modem_status,
+            scratch: snapshot.scratch,
+            in_buffer: snapshot.in_buffer.clone(),
+        };
+        let uart = Serial::from_state(&state, EventFdTrigger(irq), NoEvents, output)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e:?}")))?;
+        Ok(SerialDevice { uart })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THR: u8 = 0;
+    const IER: u8 = 1;
+    const LSR: u8 = 5;
+
+    fn device() -> (
+        SerialDevice,
+        EventFd,
+        tempfile::NamedTempFile,
+        Arc<ConsoleEvents>,
+    ) {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let output = ConsoleOutput::new(Some(log.reopen().unwrap()), false, Default::default());
+        let events = output.events();
+        (
+            SerialDevice::new(irq.try_clone().unwrap(), output),
+            irq,
+            log,
+            events,
+        )
+    }
+
+    #[test]
+    fn guest_output_reaches_the_log_and_the_ready_marker_is_seen() {
+        let (mut dev, _irq, log, events) = device();
+        assert!(events.ready().is_none());
+        for b in b"booting\nSLICENET-READY probe-1\n" {
+            dev.write(THR, *b);
+        }
+        assert_eq!(
+            std::fs::read_to_string(log.path()).unwrap(),
+            "booting\nSLICENET-READY probe-1\n"
+        );
+        assert_eq!(events.ready().unwrap().0, "probe-1");
+        assert!(!events.panicked());
+        for b in b"[ 1.0] Kernel panic - not syncing: Attempted to kill init!\n" {
+            dev.write(THR, *b);
+        }
+        assert!(events.panicked());
+    }
+
+    #[test]
+    fn console_input_raises_the_receive_interrupt() {
+        let (mut dev, irq, _log, _) = device();
+        dev.write(IER, 0x01); // received-data-available interrupt on
+        assert_eq!(dev.enqueue_input(b"ls\n"), 3);
+        assert!(irq.read().unwrap() >= 1);
+        assert_eq!(dev.read(LSR) & 0x01, 0x01, "data ready");
+        assert_eq!(dev.read(THR), b'l');
+        let snap = dev.snapshot();
+        assert_eq!(snap.in_buffer, b"s\n");
+        let restored = SerialDevice::restore(
+            &snap,
+            EventFd::new(0).unwrap(),
+            ConsoleOutput::new(None, false, Default::default()),
+        )
+        .unwrap();
+        assert_eq!(restored.snapshot(), snap);
+    }
+
+    #[test]
+    fn out_of_range_registers_are_ignored() {
+        let (mut dev, _irq, _log, _) = device();
+        assert_eq!(dev.read(200), 0xff);
+        dev.write(200, 1);
+    }
+}
