@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use vm_superio::serial::{NoEvents, SerialState};
@@ -30,13 +30,13 @@ impl Trigger for EventFdTrigger {
 /// Facts learned from the guest's console output, shared with the control API.
 #[derive(Debug, Default)]
 pub struct ConsoleEvents {
-    ready: Mutex<Option<(String, Instant)>>,
+    ready: Mutex<Option<(String, Duration)>>,
     panicked: AtomicBool,
 }
 
 impl ConsoleEvents {
-    /// Hostname from the ready marker and when it was seen, if it was.
-    pub fn ready(&self) -> Option<(String, Instant)> {
+    /// Hostname from the ready marker and how long after the VMM started it was seen.
+    pub fn ready(&self) -> Option<(String, Duration)> {
         self.ready.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -54,6 +54,8 @@ const LOG_FLUSH_BYTES: usize = 4096;
 
 /// Where UART output goes.
 pub struct ConsoleOutput {
+    started: Instant,
+    announce: bool,
     log: Option<File>,
     stdout: bool,
     pending: Vec<u8>,
@@ -63,9 +65,17 @@ pub struct ConsoleOutput {
 }
 
 impl ConsoleOutput {
-    /// Output to `log` (if any) and stdout (if asked), plus `clients`.
-    pub fn new(log: Option<File>, stdout: bool, clients: ConsoleClients) -> ConsoleOutput {
+    /// Output to `log` (if any) and stdout (if asked), plus `clients`; `started` is when the
+    /// VMM started (the ready time is measured from it).
+    pub fn new(
+        log: Option<File>,
+        stdout: bool,
+        clients: ConsoleClients,
+        started: Instant,
+    ) -> ConsoleOutput {
         ConsoleOutput {
+            started,
+            announce: false,
             log,
             stdout,
             pending: Vec::new(),
@@ -73,6 +83,12 @@ impl ConsoleOutput {
             clients,
             events: Arc::new(ConsoleEvents::default()),
         }
+    }
+
+    /// Also print a line on stderr when the guest becomes ready (for people and benchmarks).
+    pub fn announce_ready(mut self) -> ConsoleOutput {
+        self.announce = true;
+        self
     }
 
     /// The shared ready/panic facts.
@@ -90,7 +106,15 @@ impl ConsoleOutput {
             {
                 let mut ready = self.events.ready.lock().unwrap_or_else(|e| e.into_inner());
                 if ready.is_none() {
-                    *ready = Some((host.trim().to_string(), Instant::now()));
+                    let after = self.started.elapsed();
+                    if self.announce {
+                        eprintln!(
+                            "slicenet-vmm: guest {} ready after {} ms",
+                            host.trim(),
+                            after.as_millis()
+                        );
+                    }
+                    *ready = Some((host.trim().to_string(), after));
                 }
             }
             if line.contains("Kernel panic - not syncing") {
@@ -270,7 +294,12 @@ mod tests {
     ) {
         let log = tempfile::NamedTempFile::new().unwrap();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let output = ConsoleOutput::new(Some(log.reopen().unwrap()), false, Default::default());
+        let output = ConsoleOutput::new(
+            Some(log.reopen().unwrap()),
+            false,
+            Default::default(),
+            Instant::now(),
+        );
         let events = output.events();
         (
             SerialDevice::new(irq.try_clone().unwrap(), output),
@@ -312,7 +341,7 @@ mod tests {
         let restored = SerialDevice::restore(
             &snap,
             EventFd::new(0).unwrap(),
-            ConsoleOutput::new(None, false, Default::default()),
+            ConsoleOutput::new(None, false, Default::default(), Instant::now()),
         )
         .unwrap();
         assert_eq!(restored.snapshot(), snap);

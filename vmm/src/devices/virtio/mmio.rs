@@ -350,6 +350,7 @@ impl MmioTransport {
     /// Lets the device consume backend input (e.g. a readable socket).
     pub fn process_backend(&mut self) {
         if !self.running() {
+            self.device.discard_backend_input();
             return;
         }
         let result = self.device.process_backend(&mut self.queues, &self.mem);

@@ -90,6 +90,16 @@ pub trait VirtioDevice: Send {
     ) -> Result<bool, DeviceError> {
         Ok(false)
     }
+    /// Discards backend input that arrives while the driver is not running the device.
+    fn discard_backend_input(&mut self) {}
+    /// The backend's file descriptor to poll for input, if the device has one.
+    fn backend_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        None
+    }
+    /// True while backend input must wait for the guest (stop polling until a notification).
+    fn backend_blocked(&self) -> bool {
+        false
+    }
     /// The device's counters.
     fn metrics(&self) -> DeviceMetrics;
     /// The device-specific part of a snapshot.

@@ -260,13 +260,27 @@ impl VirtioDevice for Net {
         mem: &GuestMemoryMmap,
     ) -> Result<bool, DeviceError> {
         if !queues[RX].ready() {
-            // Drain and drop: a driver that has not set up receive cannot take frames.
-            while self.socket.recv(&mut self.buf).is_ok() {
-                self.metrics.drop_rx_not_ready += 1;
-            }
+            self.discard_backend_input();
             return Ok(false);
         }
         self.process_rx(queues, mem)
+    }
+
+    fn discard_backend_input(&mut self) {
+        // A driver that has not set up its receive queue cannot take frames: drop them (a
+        // real NIC with its link down would too) rather than let them pile up.
+        while self.socket.recv(&mut self.buf).is_ok() {
+            self.metrics.drop_rx_not_ready += 1;
+        }
+    }
+
+    fn backend_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        use std::os::unix::io::AsRawFd;
+        Some(self.socket.as_raw_fd())
+    }
+
+    fn backend_blocked(&self) -> bool {
+        self.rx_blocked
     }
 
     fn metrics(&self) -> DeviceMetrics {
