@@ -200,8 +200,7 @@ fn parse_net(
 }
 
 fn run(args: RunArgs, started: Instant) -> anyhow::Result<i32> {
-    // Refuse unusable hosts before spending time on hashing.
-    check_host()?;
+    // The appliance is checked first so that a corrupt one is reported as such on any host.
     let appliance = match &args.appliance {
         Some(dir) if args.no_verify => Some(Appliance::load_unverified(dir)?),
         Some(dir) => Some(Appliance::load(dir)?),
