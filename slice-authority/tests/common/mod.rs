@@ -151,3 +151,47 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Sends a request signed by `key` with exactly these body bytes; returns status and JSON.
+pub async fn raw(
+    url: &str,
+    key: &SigningKey,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    let h = slicenet_authority::auth::sign_request(key, method, path, body);
+    send_signed(url, &h, method, path, body).await
+}
+
+/// Sends a request with the given authentication headers.
+pub async fn send_signed(
+    url: &str,
+    h: &slicenet_authority::auth::SignedHeaders,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    use slicenet_authority::auth::*;
+    let resp = reqwest::Client::new()
+        .request(method.parse().unwrap(), format!("{url}{path}"))
+        .header(HEADER_KEY, h.key.to_string())
+        .header(HEADER_TIMESTAMP, h.timestamp_ms.to_string())
+        .header(HEADER_NONCE, h.nonce.clone())
+        .header(HEADER_SIGNATURE, h.signature.clone())
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// The error code of an error reply.
+pub fn code(v: &serde_json::Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
