@@ -6,6 +6,7 @@
 //! remote node go only to local ports (split horizon: every node floods to
 //! every member itself, so relaying would duplicate frames and loop).
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -229,17 +230,20 @@ impl Forwarder {
                 self.coalescer.push(port, frame, &mut sink);
                 return;
             }
-            PortIo::Tap { dev, .. } => dev.try_send(frame).map_err(|e| tap_write_error(&e)),
-            PortIo::Unix { sock, vm_sock, .. } => {
-                sock.try_send_to(frame, vm_sock)
-                    .map_err(|e| match e.raw_os_error() {
-                        Some(libc::EAGAIN) | Some(libc::ENOBUFS) => DropReason::PortQueueFull,
-                        Some(libc::ENOENT) | Some(libc::ECONNREFUSED) | Some(libc::ENOTCONN) => {
-                            DropReason::PortUnreachable
-                        }
-                        _ => DropReason::PortWriteFailed,
-                    })
+            PortIo::Tap { dev, .. } => {
+                write_now(dev.as_raw_fd(), &[frame]).map_err(|e| tap_write_error(&e))
             }
+            PortIo::Unix {
+                sender, vm_sock, ..
+            } => sender
+                .send_to(frame, vm_sock)
+                .map_err(|e| match e.raw_os_error() {
+                    Some(libc::EAGAIN) | Some(libc::ENOBUFS) => DropReason::PortQueueFull,
+                    Some(libc::ENOENT) | Some(libc::ECONNREFUSED) | Some(libc::ENOTCONN) => {
+                        DropReason::PortUnreachable
+                    }
+                    _ => DropReason::PortWriteFailed,
+                }),
             PortIo::Memory { to_user } => {
                 to_user
                     .try_send(frame.to_vec())
@@ -276,9 +280,18 @@ impl Forwarder {
         let room = (buf.len() + WIREGUARD_OVERHEAD).max(148);
         let slot = self.outbox.slot(room);
         let written = match peer.lock_tunn().encapsulate(buf, slot) {
-            TunnResult::WriteToNetwork(out) => Ok(Some(out.len())),
+            TunnResult::WriteToNetwork(out) => {
+                if out[0] != 4 {
+                    // A handshake initiation: the frame waits in boringtun's queue.
+                    peer.queued.store(true, Ordering::Release);
+                }
+                Ok(Some(out.len()))
+            }
             // Queued inside boringtun until the handshake completes.
-            TunnResult::Done => Ok(None),
+            TunnResult::Done => {
+                peer.queued.store(true, Ordering::Release);
+                Ok(None)
+            }
             _ => Err(()),
         };
         match written {
@@ -298,16 +311,37 @@ impl Forwarder {
     }
 }
 
+/// Writes `parts` as one packet to a TAP device now. The descriptor is
+/// non-blocking; going straight to the kernel (rather than through tokio's
+/// readiness flag, which starts unset) means a full queue is the only way
+/// to get `WouldBlock`.
+fn write_now(fd: std::os::fd::RawFd, parts: &[&[u8]]) -> std::io::Result<usize> {
+    let mut iovs = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; 2];
+    let n = parts.len().min(2);
+    for (v, p) in iovs.iter_mut().zip(parts) {
+        *v = libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        };
+    }
+    // SAFETY: the iovecs point into live slices for the duration of the call.
+    let rc = unsafe { libc::writev(fd, iovs.as_ptr(), n as i32) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
 /// Writes one (possibly coalesced) frame to an offload TAP port.
 fn tap_sink(node: &Node, port: &Arc<Port>, parts: &[&[u8]], segs: u64) {
     let PortIo::Tap { dev, .. } = &port.io else {
         return;
     };
-    let slices: [std::io::IoSlice<'_>; 2] = [
-        std::io::IoSlice::new(parts[0]),
-        std::io::IoSlice::new(parts.get(1).copied().unwrap_or(&[])),
-    ];
-    match dev.try_send_vectored(&slices[..parts.len().min(2)]) {
+    match write_now(dev.as_raw_fd(), parts) {
         Ok(n) => port
             .traffic
             .tx(segs, n.saturating_sub(vnet::HEADER_LEN) as u64),

@@ -185,6 +185,8 @@ pub(crate) struct Peer {
     pub persistent_keepalive: Option<u16>,
     /// Set (under the topology write lock) when the peer is removed.
     pub removed: AtomicBool,
+    /// Set when boringtun queued packets waiting for a session.
+    pub queued: AtomicBool,
     pub traffic: TrafficCounters,
     pub drops: DropCounters,
 }
@@ -219,6 +221,7 @@ impl Peer {
             tunn: Mutex::new(tunn),
             persistent_keepalive,
             removed: AtomicBool::new(false),
+            queued: AtomicBool::new(false),
             traffic: TrafficCounters::default(),
             drops: DropCounters::default(),
         }
@@ -268,6 +271,8 @@ pub(crate) enum PortIo {
     /// A unix datagram socket pair (contract 1: QEMU `-netdev dgram`).
     Unix {
         sock: Arc<tokio::net::UnixDatagram>,
+        /// A non-blocking duplicate of `sock` for sending straight to the kernel.
+        sender: std::os::unix::net::UnixDatagram,
         switch_sock: PathBuf,
         vm_sock: PathBuf,
     },

@@ -403,9 +403,9 @@ impl Overlay {
     }
 
     /// Adds a remote node. It joins every enclave that lists its key. When
-    /// its endpoint is known and this node's key sorts first, a handshake
-    /// starts at once (one side only, so two nodes configured at the same
-    /// moment do not cross their initiations).
+    /// its endpoint is known a handshake starts at once, so the first frame
+    /// does not wait for it (and a peer that was configured first, whose own
+    /// initiation we could not answer yet, hears from us now).
     pub fn add_peer(&self, config: PeerConfig) -> Result<(), OverlayError> {
         let node = &self.inner.node;
         if config.public_key == self.public_key() {
@@ -420,9 +420,7 @@ impl Overlay {
             attach_peer(&mut topo, &peer);
             peer
         };
-        if self.public_key() < config.public_key {
-            self.initiate_handshake(&peer, false);
-        }
+        self.initiate_handshake(&peer, false);
         Ok(())
     }
 
@@ -635,15 +633,19 @@ impl Overlay {
                     path: switch_sock.clone(),
                     source,
                 })?;
-                let sock = tokio::net::UnixDatagram::bind(switch_sock).map_err(|source| {
-                    OverlayError::UnixSocket {
-                        path: switch_sock.clone(),
-                        source,
-                    }
-                })?;
+                let unix_err = |source| OverlayError::UnixSocket {
+                    path: switch_sock.clone(),
+                    source,
+                };
+                let std_sock =
+                    std::os::unix::net::UnixDatagram::bind(switch_sock).map_err(unix_err)?;
+                std_sock.set_nonblocking(true).map_err(unix_err)?;
+                let sender = std_sock.try_clone().map_err(unix_err)?;
+                let sock = tokio::net::UnixDatagram::from_std(std_sock).map_err(unix_err)?;
                 (
                     PortIo::Unix {
                         sock: Arc::new(sock),
+                        sender,
                         switch_sock: switch_sock.clone(),
                         vm_sock: vm_sock.clone(),
                     },
@@ -715,23 +717,31 @@ impl Overlay {
     }
 
     /// Adds an in-process port: the program sends and receives frames
-    /// through the returned handle (for probes, tests and embedding).
+    /// through the returned handle (for probes, tests and embedding). With
+    /// a MAC, anti-spoofing is on; without, any source MAC is accepted.
     pub fn add_memory_port(
         &self,
         name: impl Into<String>,
         vni: u32,
-        mac: MacAddr,
+        mac: Option<MacAddr>,
         mtu: Option<u16>,
     ) -> Result<MemoryPort, OverlayError> {
+        let name = name.into();
         let (tx, rx) = std::sync::mpsc::sync_channel(1024);
         let mtu = mtu.unwrap_or(self.inner.node.settings.default_port_mtu);
+        if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+            return Err(OverlayError::InvalidPort {
+                name,
+                problem: format!("MTU {mtu} is out of range; use {MIN_MTU}..={MAX_MTU}"),
+            });
+        }
         let port = Arc::new(Port::new(
             self.inner.node.next_id(),
-            name.into(),
+            name,
             vni,
             PortIo::Memory { to_user: tx },
-            Some(mac),
-            true,
+            mac,
+            mac.is_some(),
             mtu,
         ));
         self.register_port(&port)?;
@@ -940,6 +950,15 @@ impl MemoryPort {
             }
         }
         fwd.outbox.clear();
+    }
+
+    /// The next frame already queued for this port, if any.
+    pub fn try_recv(&self) -> Option<Vec<u8>> {
+        self.rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_recv()
+            .ok()
     }
 
     /// The next frame for this port, waiting up to `timeout`.

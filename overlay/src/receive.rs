@@ -132,24 +132,25 @@ impl Receiver {
         data: &[u8],
         authenticates_endpoint: bool,
     ) {
+        let is_response = data[0] == 2;
         let mut tunn = peer.lock_tunn();
         match tunn.decapsulate(Some(src.ip()), data, &mut self.plain) {
             TunnResult::WriteToNetwork(reply) => {
                 self.fwd.outbox.push(reply, src, Some(peer.clone()));
-                // Packets boringtun queued while the handshake was pending.
-                while let TunnResult::WriteToNetwork(queued) =
-                    tunn.decapsulate(None, &[], &mut self.plain)
-                {
-                    self.fwd.outbox.push(queued, src, Some(peer.clone()));
-                }
                 drop(tunn);
                 peer.set_endpoint(src);
+                // As initiator we now have a session: send what waited for it.
+                // (A responder must first hear from the initiator.)
+                if is_response {
+                    self.send_queued(peer, src);
+                }
             }
             TunnResult::WriteToTunnelV4(packet, _) => {
                 let len = packet.len();
                 drop(tunn);
                 peer.set_endpoint(src);
                 self.inner(node, topo, peer, len);
+                self.send_queued(peer, src);
             }
             TunnResult::WriteToTunnelV6(..) => {
                 drop(tunn);
@@ -159,13 +160,29 @@ impl Receiver {
             TunnResult::Done => {
                 drop(tunn);
                 if authenticates_endpoint {
-                    // A keepalive.
+                    // A keepalive: for a responder, the session is confirmed now.
                     peer.set_endpoint(src);
+                    self.send_queued(peer, src);
                 }
             }
             TunnResult::Err(e) => {
                 drop(tunn);
                 node.drop_frame(classify(&e), 1, Some(peer), None);
+            }
+        }
+    }
+
+    /// Sends the packets boringtun queued while the peer had no session.
+    fn send_queued(&mut self, peer: &Arc<Peer>, dst: SocketAddr) {
+        if !peer.queued.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let mut tunn = peer.lock_tunn();
+        // boringtun queues at most 256 packets; the bound only guards the loop.
+        for _ in 0..512 {
+            match tunn.decapsulate(None, &[], &mut self.plain) {
+                TunnResult::WriteToNetwork(p) => self.fwd.outbox.push(p, dst, Some(peer.clone())),
+                _ => break,
             }
         }
     }

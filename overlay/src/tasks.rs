@@ -29,13 +29,23 @@ const ROUNDS_BEFORE_YIELD: usize = 8;
 /// Tries to send the outbox from entry `from` without blocking. Returns the
 /// index of the first entry not handled.
 pub(crate) fn try_flush(node: &Node, underlay: &Underlay, outbox: &Outbox, from: usize) -> usize {
+    send_from(node, underlay, outbox, from, false)
+}
+
+fn send_from(
+    node: &Node,
+    underlay: &Underlay,
+    outbox: &Outbox,
+    from: usize,
+    after_wait: bool,
+) -> usize {
     let mut at = from;
     let mut on_error = |d: &crate::underlay::OutDatagram, e: &io::Error| {
         tracing::debug!("underlay send to {} failed: {e}", d.dst);
         node.drop_frame(DropReason::UnderlaySendFailed, 1, d.peer.as_deref(), None);
     };
     while at < outbox.entries.len() {
-        match underlay.try_send_outbox(outbox, at, &mut on_error) {
+        match underlay.try_send_outbox(outbox, at, after_wait, &mut on_error) {
             Ok(n) => {
                 let bytes: usize = outbox.entries[at..at + n].iter().map(|e| e.len).sum();
                 node.underlay
@@ -75,7 +85,7 @@ pub(crate) async fn flush_slow(node: &Node, underlay: &Underlay, outbox: &mut Ou
             }
             !gone
         });
-        at = try_flush(node, underlay, outbox, 0);
+        at = send_from(node, underlay, outbox, 0, true);
     }
     // Whatever is left after a second of a full socket is lost.
     for e in &outbox.entries[at.min(outbox.entries.len())..] {

@@ -108,7 +108,24 @@ impl Underlay {
 
     /// Sends one datagram without blocking (used for rare control messages).
     pub(crate) fn try_send_to(&self, buf: &[u8], dst: SocketAddr) -> io::Result<usize> {
-        self.socket.try_send_to(buf, self.map_dst(dst))
+        let mut addr = MaybeUninit::<libc::sockaddr_in6>::uninit();
+        let len = write_sockaddr(self.map_dst(dst), &mut addr);
+        // SAFETY: a valid buffer and an initialised address of `len` bytes.
+        let n = unsafe {
+            libc::sendto(
+                self.socket.as_raw_fd(),
+                buf.as_ptr() as *const libc::c_void,
+                buf.len(),
+                libc::MSG_DONTWAIT,
+                addr.as_ptr() as *const libc::sockaddr,
+                len,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
     }
 
     fn map_dst(&self, dst: SocketAddr) -> SocketAddr {
@@ -124,17 +141,27 @@ impl Underlay {
     /// Returns how many entries were handled (sent, or dropped because of a
     /// hard error, which is reported through `on_error`). `WouldBlock` is
     /// returned only when nothing could be sent.
+    ///
+    /// The first attempt goes straight to the kernel: a UDP socket almost
+    /// always has room, and tokio's readiness flag may not be set yet on a
+    /// fresh socket. After a `WouldBlock`, callers wait for
+    /// [`Underlay::writable`] and retry with `after_wait` set, which lets
+    /// tokio clear its readiness flag if the socket is still full.
     pub(crate) fn try_send_outbox(
         &self,
         outbox: &Outbox,
         from: usize,
+        after_wait: bool,
         on_error: &mut dyn FnMut(&OutDatagram, &io::Error),
     ) -> io::Result<usize> {
         let fd = self.socket.as_raw_fd();
         let gso = self.gso();
-        let result = self.socket.try_io(Interest::WRITABLE, || {
-            send_batch(fd, outbox, from, gso, &|a| self.map_dst(a))
-        });
+        let send = || send_batch(fd, outbox, from, gso, &|a| self.map_dst(a));
+        let result = if after_wait {
+            self.socket.try_io(Interest::WRITABLE, send)
+        } else {
+            send()
+        };
         match result {
             Ok(n) => Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
@@ -549,7 +576,7 @@ mod tests {
         let mut sent = 0;
         while sent < o.entries.len() {
             tx.writable().await.unwrap();
-            match tx.try_send_outbox(&o, sent, &mut |_, e| panic!("{e}")) {
+            match tx.try_send_outbox(&o, sent, true, &mut |_, e| panic!("{e}")) {
                 Ok(n) => sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => panic!("{e}"),
