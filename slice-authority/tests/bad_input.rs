@@ -24,7 +24,9 @@ async fn bad_requests_get_clear_4xx_and_change_nothing() {
     let key = keys::read_secret_key(&env.authority.admin_key_path).unwrap();
     let before = audit_len(&env).await;
 
-    let cases: Vec<(&str, &str, Vec<u8>, u16, &str, &str)> = vec![
+    // (method, path, body, status, code, a phrase the message must contain)
+    type Case = (&'static str, &'static str, Vec<u8>, u16, &'static str, &'static str);
+    let cases: Vec<Case> = vec![
         ("POST", "/v1/sites", b"{not json".to_vec(), 400, "invalid_json", "not valid JSON"),
         ("POST", "/v1/sites", br#"{"name":"fra","region":"eu","country":"DE","latitude":50,"longitude":8,"colour":"red"}"#.to_vec(), 400, "invalid_json", "unknown field `colour`"),
         ("POST", "/v1/sites", br#"{"name":"Bad Name","region":"eu","country":"DE","latitude":50,"longitude":8}"#.to_vec(), 400, "invalid_request", "site name"),
