@@ -25,7 +25,14 @@ async fn bad_requests_get_clear_4xx_and_change_nothing() {
     let before = audit_len(&env).await;
 
     // (method, path, body, status, code, a phrase the message must contain)
-    type Case = (&'static str, &'static str, Vec<u8>, u16, &'static str, &'static str);
+    type Case = (
+        &'static str,
+        &'static str,
+        Vec<u8>,
+        u16,
+        &'static str,
+        &'static str,
+    );
     let cases: Vec<Case> = vec![
         ("POST", "/v1/sites", b"{not json".to_vec(), 400, "invalid_json", "not valid JSON"),
         ("POST", "/v1/sites", br#"{"name":"fra","region":"eu","country":"DE","latitude":50,"longitude":8,"colour":"red"}"#.to_vec(), 400, "invalid_json", "unknown field `colour`"),

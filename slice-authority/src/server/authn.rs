@@ -159,12 +159,16 @@ fn auth_error(e: AuthError) -> ApiError {
 /// The middleware: reads the body (bounded), authenticates, records the nonce of mutations.
 pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     match authenticate_inner(&state, request).await {
-        Ok(request) => next.run(request).await,
+        Ok((request, Some(nonce))) => CURRENT_NONCE.scope(nonce, next.run(request)).await,
+        Ok((request, None)) => next.run(request).await,
         Err(e) => e.into_response(),
     }
 }
 
-async fn authenticate_inner(state: &Inner, request: Request) -> ApiResult<Request> {
+async fn authenticate_inner(
+    state: &Inner,
+    request: Request,
+) -> ApiResult<(Request, Option<PendingNonce>)> {
     let (mut parts, body) = request.into_parts();
     let limit = state.config.max_body_bytes;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
@@ -174,6 +178,7 @@ async fn authenticate_inner(state: &Inner, request: Request) -> ApiResult<Reques
             format!("the request body is larger than {limit} bytes, the limit this authority accepts; send less (e.g. fewer placement groups per request)"),
         )
     })?;
+    let mut pending = None;
     let caller = match signed_headers(&parts.headers).map_err(auth_error)? {
         None => Caller::Anonymous,
         Some(h) => {
@@ -195,35 +200,54 @@ async fn authenticate_inner(state: &Inner, request: Request) -> ApiResult<Reques
             // Resolve first so unknown keys cannot fill the nonce table.
             let caller = resolve(state, &key).await?;
             if parts.method != Method::GET && parts.method != Method::HEAD {
-                remember_nonce(state, &key, &h).await?;
+                pending = Some(remember_nonce(state, &key, &h)?);
             }
             caller
         }
     };
     parts.extensions.insert(caller);
-    Ok(Request::from_parts(parts, Body::from(bytes)))
+    Ok((Request::from_parts(parts, Body::from(bytes)), pending))
 }
 
-/// Records a mutation's nonce; a second use within the skew window is a replay.
-async fn remember_nonce(state: &Inner, key: &PublicKey, h: &SignedHeaders) -> ApiResult<()> {
+/// Checks a mutation's nonce against every nonce seen within the skew
+/// window (kept in memory, loaded from the database at start); a second use
+/// is a replay. The nonce is persisted in the same transaction as the
+/// request's effect (see [`Inner::write`]), so a request whose effect
+/// committed can never be replayed, even after a crash, at no extra commit.
+fn remember_nonce(state: &Inner, key: &PublicKey, h: &SignedHeaders) -> ApiResult<PendingNonce> {
     let expires_at = h.timestamp_ms / 1000 + state.config.clock_skew_secs as i64 + 1;
-    let _guard = state.write_lock.clone().lock_owned().await;
-    let inserted = sqlx::query(
-        "INSERT INTO request_nonces (public_key, nonce, expires_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-    )
-    .bind(key.to_string())
-    .bind(&h.nonce)
-    .bind(expires_at)
-    .execute(&state.db)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
+    let nonce = PendingNonce {
+        key: key.to_string(),
+        nonce: h.nonce.clone(),
+        expires_at,
+    };
+    let mut seen = state.nonces.lock().expect("nonce cache lock");
+    if seen
+        .insert((nonce.key.clone(), nonce.nonce.clone()), expires_at)
+        .is_some()
+    {
         return Err(ApiError::unauthenticated(
             "replayed_request",
             "this request was already received (same key and nonce): it was replayed; sign every request anew (the client does this by itself)",
         ));
     }
-    Ok(())
+    Ok(nonce)
+}
+
+/// A mutation's nonce, persisted by the request's write transaction.
+#[derive(Debug, Clone)]
+pub struct PendingNonce {
+    /// Caller's key.
+    pub key: String,
+    /// The nonce.
+    pub nonce: String,
+    /// When it leaves the skew window.
+    pub expires_at: i64,
+}
+
+tokio::task_local! {
+    /// The nonce of the mutation this task is serving.
+    pub static CURRENT_NONCE: PendingNonce;
 }
 
 async fn resolve(state: &Inner, key: &PublicKey) -> ApiResult<Caller> {

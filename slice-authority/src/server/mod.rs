@@ -100,6 +100,8 @@ pub(crate) struct Inner {
     pub key: SigningKey,
     pub public_key: PublicKey,
     write_lock: Arc<Mutex<()>>,
+    /// Nonces of mutations within the skew window: (key, nonce) -> expiry.
+    nonces: std::sync::Mutex<HashMap<(String, String), i64>>,
     watchers: std::sync::Mutex<HashMap<i64, watch::Sender<u64>>>,
     _lock_file: std::fs::File,
 }
@@ -137,7 +139,15 @@ impl Inner {
     /// Begins a write transaction.
     pub async fn write(&self) -> ApiResult<WriteTx> {
         let guard = self.write_lock.clone().lock_owned().await;
-        let tx = self.db.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin_with("BEGIN IMMEDIATE").await?;
+        if let Ok(n) = authn::CURRENT_NONCE.try_with(|n| n.clone()) {
+            sqlx::query("INSERT INTO request_nonces (public_key, nonce, expires_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+                .bind(n.key)
+                .bind(n.nonce)
+                .bind(n.expires_at)
+                .execute(&mut *tx)
+                .await?;
+        }
         Ok(WriteTx {
             _guard: guard,
             tx,
@@ -223,12 +233,14 @@ impl Authority {
         }
         let db_path = data_dir.join(files::DATABASE);
         let db = open_database(&db_path, &config).await?;
+        let db_pool_for_nonces = db.clone();
         let state = Arc::new(Inner {
             db,
             config,
             key,
             public_key,
             write_lock: Arc::new(Mutex::new(())),
+            nonces: std::sync::Mutex::new(load_nonces(&db_pool_for_nonces).await?),
             watchers: std::sync::Mutex::new(HashMap::new()),
             _lock_file: lock_file,
         });
@@ -355,6 +367,31 @@ async fn open_database(path: &Path, config: &Config) -> Result<SqlitePool, OpenE
         .await
         .map_err(|e| db_err(format!("migration failed: {e}")))?;
     Ok(pool)
+}
+
+/// Nonces of mutations that committed and are still within the skew window.
+async fn load_nonces(db: &SqlitePool) -> Result<HashMap<(String, String), i64>, OpenError> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT public_key, nonce, expires_at FROM request_nonces WHERE expires_at >= ?",
+    )
+    .bind(crate::auth::now_secs())
+    .fetch_all(db)
+    .await
+    .map_err(|e| OpenError::Database {
+        path: "authority.db".into(),
+        reason: format!("reading request nonces: {e}"),
+    })?;
+    Ok(rows.into_iter().map(|(k, n, e)| ((k, n), e)).collect())
+}
+
+impl Inner {
+    /// Forgets nonces whose timestamps left the skew window (a replay of them is stale anyway).
+    pub fn prune_nonces(&self, now: i64) {
+        self.nonces
+            .lock()
+            .expect("nonce cache lock")
+            .retain(|_, expires_at| *expires_at >= now);
+    }
 }
 
 async fn bootstrap_admin(state: &Inner, data_dir: &Path) -> Result<Option<Bootstrap>, OpenError> {

@@ -48,6 +48,7 @@ pub async fn reap_once(state: &Inner) -> Result<usize, super::ApiError> {
         tracing::info!("slice {name} expired: {n} slivers reclaimed");
         reclaimed += 1;
     }
+    state.prune_nonces(now);
     let mut w = state.write().await?;
     sqlx::query("DELETE FROM request_nonces WHERE expires_at < ?")
         .bind(now)
