@@ -33,6 +33,11 @@ use crate::devices::IrqLine;
 use crate::host::{check_host, HostError};
 use crate::vstate::{Vcpu, VcpuExitReason, Vm, VmError};
 
+/// Kernel parameters this platform needs: there is no PCI bus to probe, and reboots go
+/// through the i8042 reset line (the kernel's default sequence otherwise ends in a jump to a
+/// BIOS reset vector this VMM does not have).
+pub const PLATFORM_CMDLINE: &str = "pci=off reboot=k";
+
 /// One NIC: its MAC and the two socket paths of contract 1.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NetConfig {

@@ -12,8 +12,8 @@ use slicenet_vmm::nested::{qemu_available, NestedHost};
 const VMM: &str = env!("CARGO_BIN_EXE_slicenet-vmm");
 
 #[test]
-fn two_default_appliances_boot_and_ping_each_other_under_nested_kvm() {
-    let test = "two_default_appliances_boot_and_ping_each_other_under_nested_kvm";
+fn default_appliances_boot_ping_and_end_with_the_right_status_under_nested_kvm() {
+    let test = "default_appliances_boot_ping_and_end_with_the_right_status_under_nested_kvm";
     if let Err(e) = qemu_available() {
         common::skip(test, &e.to_string());
         return;
@@ -37,33 +37,94 @@ fn two_default_appliances_boot_and_ping_each_other_under_nested_kvm() {
         0o644,
     )
     .unwrap();
-    let script = r#"
-slicenet-vmm relay --port /t/a.vm.sock:/t/a.sw.sock --port /t/b.vm.sock:/t/b.sw.sock &
+    let run = host.run(SCRIPT, Duration::from_secs(240)).unwrap();
+    println!("{}", run.output);
+    println!("nested run took {:.1} s", run.elapsed.as_secs_f64());
+    let out = &run.output;
+    let has = |needle: &str| out.contains(needle);
+
+    // A and B on one relay: A pings B, then powers off (status 0).
+    assert!(has("SLICENET-READY vm-a"), "VM A reached its ready marker");
+    assert!(
+        has("3 packets transmitted, 3 packets received"),
+        "A's pings reached B and back"
+    );
+    assert!(has("SLICENET-RUN-EXIT 0"), "A's command succeeded");
+    assert!(has("VM-A-EXIT 0"), "poweroff ends the VMM with status 0");
+    // B answered the control API and its console, used its disk, then panicked (status 11).
+    assert!(has(r#""hostname":"vm-b""#), "status reports B ready");
+    assert!(
+        has("CONSOLE-42"),
+        "the API console ran a command in B's shell"
+    );
+    assert!(
+        has("DISK-READ slicenet-disk-content"),
+        "B read its virtio-blk disk"
+    );
+    assert!(
+        has("DISK-SECTOR1 WRITTEN"),
+        "B's write reached the image file"
+    );
+    assert!(
+        has("VM-B-EXIT 11"),
+        "a kernel panic ends the VMM with status 11"
+    );
+    // C rebooted (status 10); D was stopped through the control API (status 12).
+    assert!(has("VM-C-EXIT 10"), "a reboot ends the VMM with status 10");
+    assert!(
+        has("VM-D-STATUS-OK"),
+        "D answered status before its guest was up"
+    );
+    assert!(has("VM-D-EXIT 12"), "stop ends the VMM with status 12");
+    // Nothing left behind: no VMM process, no VMM socket (the relay's own switch sockets
+    // belong to the relay).
+    assert!(has("VMM-PROCESSES 0"), "all VMM processes exited");
+    let left = out
+        .lines()
+        .find_map(|l| l.strip_prefix("LEFT-SOCKETS"))
+        .expect("listing of leftover sockets");
+    assert_eq!(left.trim(), "", "VMM sockets left behind: {left}");
+    assert!(has("NESTED-EXIT 0"));
+}
+
+const SCRIPT: &str = r#"
+dd if=/dev/zero of=/t/disk.img bs=1024 count=1024 2>/dev/null
+printf slicenet-disk-content | dd of=/t/disk.img conv=notrunc 2>/dev/null
+slicenet-vmm relay --port /t/a.vm.sock:/t/a.sw.sock --port /t/b.vm.sock:/t/b.sw.sock 2>/dev/null &
 relay=$!
-slicenet-vmm run --appliance /t/app --hostname vm-b \
+slicenet-vmm run --appliance /t/app --hostname vm-d --api-sock /t/d.api 2>/t/d.err &
+d=$!
+while [ ! -S /t/d.api ]; do sleep 0.1; done
+slicenet-vmm ctl --api /t/d.api status | grep -q '"ok":true' && echo VM-D-STATUS-OK
+slicenet-vmm ctl --api /t/d.api stop >/dev/null
+wait $d; echo "VM-D-EXIT $?"
+slicenet-vmm run --appliance /t/app --hostname vm-b --disk path=/t/disk.img \
   --net vm=/t/b.vm.sock,switch=/t/b.sw.sock,ip=198.19.1.2/24 \
-  --serial-log /t/b.log --api-sock /t/b.api 2>/t/b.err &
+  --serial-log /t/b.log --api-sock /t/b.api --console-sock /t/b.console 2>/t/b.err &
 b=$!
+slicenet-vmm run --appliance /t/app --hostname vm-c --serial-log /t/c.log --run 'reboot -f' 2>/t/c.err &
+c=$!
 slicenet-vmm run --appliance /t/app --hostname vm-a \
   --net vm=/t/a.vm.sock,switch=/t/a.sw.sock,ip=198.19.1.1/24 \
   --serial-log /t/a.log --api-sock /t/a.api \
   --run 'ping -c 3 -W 2 -w 60 198.19.1.2' 2>/t/a.err
 echo "VM-A-EXIT $?"
+wait $c; echo "VM-C-EXIT $?"
 slicenet-vmm ctl --api /t/b.api status
-slicenet-vmm ctl --api /t/b.api stop
-wait $b
-echo "VM-B-EXIT $?"
-kill $relay
-echo "--- a.log"; cat /t/a.log
-echo "--- a.err"; cat /t/a.err
-echo "--- b.err"; cat /t/b.err
-echo "--- left behind"; ls /t
+(echo 'echo CONSOLE-$((6*7)); echo "DISK-READ $(head -c 21 /dev/vda)"'
+ echo 'printf WRITTEN | dd of=/dev/vda bs=512 seek=1 conv=notrunc; sync; echo c >/proc/sysrq-trigger'
+ sleep 30) | timeout 60 slicenet-vmm ctl --api /t/b.api console >/t/console.out &
+console=$!
+# Bounded wait: a B that never panics is stopped, and the test then fails on its status.
+i=0; while kill -0 $b 2>/dev/null && [ $i -lt 300 ]; do sleep 0.2; i=$((i+1)); done
+kill -0 $b 2>/dev/null && slicenet-vmm ctl --api /t/b.api stop
+wait $b; echo "VM-B-EXIT $?"
+kill $console 2>/dev/null
+grep -E '^(CONSOLE-42|DISK-READ)' /t/console.out
+kill $relay; wait $relay
+echo "DISK-SECTOR1 $(dd if=/t/disk.img bs=512 skip=1 count=1 2>/dev/null | head -c 7)"
+echo "VMM-PROCESSES $(ps | grep -c '[s]licenet-vmm run')"
+echo "LEFT-SOCKETS $(ls /t | grep -E 'vm.sock|api|console$' | tr '\n' ' ')"
+grep -h -E 'packets|SLICENET' /t/a.log
+for f in a b c d; do echo "--- $f.err"; cat /t/$f.err; done
 "#;
-    let run = host.run(script, Duration::from_secs(240)).unwrap();
-    println!("{}", run.output);
-    println!("nested run took {:.1} s", run.elapsed.as_secs_f64());
-    assert!(
-        run.output.contains("VM-A-EXIT 0"),
-        "VM A did not power off cleanly"
-    );
-}

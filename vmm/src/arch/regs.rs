@@ -67,6 +67,10 @@ pub fn setup_cpuid(
                 }
             }
             0xb | 0x1f => entry.edx = index,
+            // Hide 5-level paging: with it the decompressor leaves long mode through a
+            // low-memory trampoline to switch paging modes, a path with no benefit for a
+            // microVM of a few GiB.
+            7 if entry.index == 0 => entry.ecx &= !(1 << 16),
             _ => {}
         }
     }

@@ -268,9 +268,8 @@ fn run(args: RunArgs, started: Instant) -> anyhow::Result<i32> {
         }
         None => appliance_disk.map(|(path, read_only)| DiskConfig { path, read_only }),
     };
-    // There is no PCI bus: tell the kernel so it does not probe for one.
     let mut cmdline = compose_cmdline(
-        &format!("{base_cmdline} pci=off"),
+        &format!("{base_cmdline} {}", runtime::PLATFORM_CMDLINE),
         &guest_nets,
         args.hostname.as_deref(),
         args.run.as_deref(),

@@ -191,11 +191,19 @@ pub struct SerialSnapshot {
     pub scratch: u8,
     /// Received bytes not yet read by the guest.
     pub in_buffer: Vec<u8>,
+    /// Console input waiting for room in the FIFO.
+    #[serde(default)]
+    pub pending_input: Vec<u8>,
 }
+
+/// Console input held back until the guest drains the 64-byte UART FIFO.
+const MAX_PENDING_INPUT: usize = 64 * 1024;
 
 /// The COM1 device.
 pub struct SerialDevice {
     uart: Serial<EventFdTrigger, NoEvents, ConsoleOutput>,
+    /// Input that did not fit the FIFO yet (a paste, a script piped into the console).
+    pending: std::collections::VecDeque<u8>,
 }
 
 impl SerialDevice {
@@ -203,15 +211,31 @@ impl SerialDevice {
     pub fn new(irq: EventFd, output: ConsoleOutput) -> SerialDevice {
         SerialDevice {
             uart: Serial::new(EventFdTrigger(irq), output),
+            pending: Default::default(),
         }
     }
 
-    /// Guest read of register `offset` (0..8).
+    /// Guest read of register `offset` (0..8). Reading the receive buffer makes room in the
+    /// FIFO, which is refilled from pending console input.
     pub fn read(&mut self, offset: u8) -> u8 {
         if offset >= 8 {
             return 0xff;
         }
-        self.uart.read(offset)
+        let value = self.uart.read(offset);
+        if offset == 0 && !self.pending.is_empty() {
+            self.feed();
+        }
+        value
+    }
+
+    fn feed(&mut self) {
+        let take = self.uart.fifo_capacity().min(self.pending.len());
+        if take == 0 {
+            return;
+        }
+        let bytes: Vec<u8> = self.pending.drain(..take).collect();
+        // The only error is the interrupt eventfd failing; the bytes are queued regardless.
+        let _ = self.uart.enqueue_raw_bytes(&bytes);
     }
 
     /// Guest write of register `offset` (0..8).
@@ -222,14 +246,16 @@ impl SerialDevice {
         }
     }
 
-    /// Queues console input for the guest; returns how many bytes fit in the FIFO.
+    /// Queues console input for the guest (as much as fits goes to the FIFO now, the rest as
+    /// the guest reads); returns how many bytes were accepted: input beyond 64 KiB of backlog
+    /// is dropped.
     pub fn enqueue_input(&mut self, input: &[u8]) -> usize {
-        let room = self.uart.fifo_capacity();
-        let take = input.len().min(room);
-        if take == 0 {
-            return 0;
-        }
-        self.uart.enqueue_raw_bytes(&input[..take]).unwrap_or(0)
+        let take = input
+            .len()
+            .min(MAX_PENDING_INPUT.saturating_sub(self.pending.len()));
+        self.pending.extend(&input[..take]);
+        self.feed();
+        take
     }
 
     /// Flushes buffered output to the log.
@@ -251,6 +277,7 @@ impl SerialDevice {
             modem_status: s.modem_status,
             scratch: s.scratch,
             in_buffer: s.in_buffer,
+            pending_input: self.pending.iter().copied().collect(),
         }
     }
 
@@ -274,7 +301,10 @@ impl SerialDevice {
         };
         let uart = Serial::from_state(&state, EventFdTrigger(irq), NoEvents, output)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e:?}")))?;
-        Ok(SerialDevice { uart })
+        Ok(SerialDevice {
+            uart,
+            pending: snapshot.pending_input.iter().copied().collect(),
+        })
     }
 }
 
@@ -345,6 +375,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(restored.snapshot(), snap);
+    }
+
+    #[test]
+    fn input_larger_than_the_fifo_arrives_as_the_guest_reads() {
+        let (mut dev, _irq, _log, _) = device();
+        let input: Vec<u8> = (0..200u8).collect();
+        assert_eq!(dev.enqueue_input(&input), 200);
+        let mut got = Vec::new();
+        while dev.read(LSR) & 0x01 == 0x01 {
+            got.push(dev.read(THR));
+        }
+        assert_eq!(got, input);
     }
 
     #[test]
