@@ -49,6 +49,9 @@ async fn bad_requests_get_clear_4xx_and_change_nothing() {
         ("POST", "/v1/slices", br#"{"name":"ams_x","lease_secs":0}"#.to_vec(), 400, "invalid_request", "at least 1 second"),
         ("POST", "/v1/sites", vec![b' '; 5000], 413, "body_too_large", "4096"),
         ("GET", "/v2/nothing", vec![], 404, "no_such_endpoint", "/v1"),
+        ("PUT", "/v1/sites", vec![], 405, "method_not_allowed", "HTTP method"),
+        ("DELETE", "/v1/slices/ams_x/slivers/abc", vec![], 400, "invalid_request", "numbers"),
+        ("GET", "/v1/audit?limit=lots", vec![], 400, "invalid_request", "query"),
     ];
     for (method, path, body, status, expected_code, needle) in cases {
         let (got, reply) = raw(&url, &key, method, path, &body).await;

@@ -5,13 +5,13 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::Deserialize;
 use sqlx::SqliteConnection;
 
-use super::authn::{ApiJson, Caller, PrincipalCtx};
+use super::authn::{ApiJson, ApiPath, ApiQuery, Caller, PrincipalCtx};
 use super::error::{ApiError, ApiResult};
 use super::store::{self, SliceAccess, SliceRow};
 use super::{tickets, AppState, Inner, WriteTx};
@@ -72,7 +72,7 @@ async fn enclave_json(c: &mut SqliteConnection, id: i64) -> ApiResult<Enclave> {
 pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(slice): Path<String>,
+    ApiPath(slice): ApiPath<String>,
 ) -> ApiResult<Json<Vec<Enclave>>> {
     super::sites::caller_may_read(&caller)?;
     let mut c = state.db.acquire().await?;
@@ -93,7 +93,7 @@ pub async fn list(
 pub async fn show(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((slice, enclave)): Path<(String, String)>,
+    ApiPath((slice, enclave)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<Enclave>> {
     super::sites::caller_may_read(&caller)?;
     let mut c = state.db.acquire().await?;
@@ -235,7 +235,7 @@ async fn pick_subnet(state: &Inner, w: &mut WriteTx, wanted: Option<&str>) -> Ap
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(slice): Path<String>,
+    ApiPath(slice): ApiPath<String>,
     ApiJson(req): ApiJson<NewEnclave>,
 ) -> ApiResult<(StatusCode, Json<Enclave>)> {
     let p = caller.principal()?;
@@ -300,7 +300,7 @@ pub async fn create(
 pub async fn remove(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((slice, enclave)): Path<(String, String)>,
+    ApiPath((slice, enclave)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<Done>> {
     let p = caller.principal()?;
     let mut w = state.write().await?;
@@ -346,7 +346,7 @@ async fn enclave_subnet(c: &mut SqliteConnection, id: i64) -> ApiResult<Ipv4Net>
 pub async fn add_member(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((slice, enclave)): Path<(String, String)>,
+    ApiPath((slice, enclave)): ApiPath<(String, String)>,
     ApiJson(req): ApiJson<AddEnclaveMember>,
 ) -> ApiResult<Json<Enclave>> {
     let p = caller.principal()?;
@@ -376,7 +376,7 @@ pub async fn add_member(
 pub async fn remove_member(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((slice, enclave, sliver)): Path<(String, String, u64)>,
+    ApiPath((slice, enclave, sliver)): ApiPath<(String, String, u64)>,
 ) -> ApiResult<Json<Enclave>> {
     let p = caller.principal()?;
     let mut w = state.write().await?;
@@ -418,7 +418,7 @@ pub async fn remove_member(
 pub async fn add_gateway(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((slice, enclave)): Path<(String, String)>,
+    ApiPath((slice, enclave)): ApiPath<(String, String)>,
     ApiJson(req): ApiJson<NewGateway>,
 ) -> ApiResult<(StatusCode, Json<Enclave>)> {
     let p = caller.principal()?;
@@ -483,7 +483,7 @@ pub async fn add_gateway(
 pub async fn remove_gateway(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((slice, enclave, gateway)): Path<(String, String, String)>,
+    ApiPath((slice, enclave, gateway)): ApiPath<(String, String, String)>,
 ) -> ApiResult<Json<Enclave>> {
     let p = caller.principal()?;
     let mut w = state.write().await?;
@@ -531,8 +531,8 @@ pub struct ExportQuery {
 pub async fn export(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((slice, enclave)): Path<(String, String)>,
-    Query(q): Query<ExportQuery>,
+    ApiPath((slice, enclave)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<ExportQuery>,
 ) -> ApiResult<Json<EnclaveExport>> {
     let p = caller.principal()?;
     let mut c = state.db.acquire().await?;

@@ -504,6 +504,13 @@ fn router(state: AppState) -> Router {
             get(enclaves::export),
         )
         .route("/v1/audit", get(principals::audit))
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that HTTP method; see the API table in slice-authority/README.md",
+            )
+        })
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

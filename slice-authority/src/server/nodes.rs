@@ -3,12 +3,12 @@
 
 use std::net::Ipv4Addr;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::Deserialize;
 
-use super::authn::{ApiJson, Caller};
+use super::authn::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::error::{ApiError, ApiResult};
 use super::sites::caller_may_read;
 use super::{store, tickets, AppState};
@@ -30,7 +30,7 @@ pub struct NodeQuery {
 pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Query(q): Query<NodeQuery>,
+    ApiQuery(q): ApiQuery<NodeQuery>,
 ) -> ApiResult<Json<Vec<Node>>> {
     caller_may_read(&caller)?;
     let mut c = state.db.acquire().await?;
@@ -50,7 +50,7 @@ pub async fn list(
 pub async fn show(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(node): Path<String>,
+    ApiPath(node): ApiPath<String>,
 ) -> ApiResult<Json<Node>> {
     caller_may_read(&caller)?;
     let mut c = state.db.acquire().await?;
@@ -123,7 +123,7 @@ pub async fn create(
 pub async fn remove(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(node): Path<String>,
+    ApiPath(node): ApiPath<String>,
 ) -> ApiResult<Json<Done>> {
     let p = caller.principal()?;
     let mut w = state.write().await?;
@@ -157,7 +157,7 @@ pub async fn remove(
 pub async fn set_state(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(node): Path<String>,
+    ApiPath(node): ApiPath<String>,
     ApiJson(req): ApiJson<SetNodeState>,
 ) -> ApiResult<Json<Node>> {
     let p = caller.principal()?;
@@ -213,7 +213,7 @@ fn require_node(caller: &Caller, node: &str) -> ApiResult<i64> {
 pub async fn register(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(node): Path<String>,
+    ApiPath(node): ApiPath<String>,
     ApiJson(req): ApiJson<NodeRegistration>,
 ) -> ApiResult<Json<NodeRegistered>> {
     let node_id = require_node(&caller, &node)?;
@@ -299,7 +299,7 @@ pub async fn register(
 pub async fn heartbeat(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(node): Path<String>,
+    ApiPath(node): ApiPath<String>,
     ApiJson(req): ApiJson<Heartbeat>,
 ) -> ApiResult<Json<HeartbeatReply>> {
     let node_id = require_node(&caller, &node)?;

@@ -1,11 +1,11 @@
 //! Principals (users), `whoami` and the audit log.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::Deserialize;
 
-use super::authn::{ApiJson, Caller, PrincipalCtx};
+use super::authn::{ApiJson, ApiPath, ApiQuery, Caller, PrincipalCtx};
 use super::error::{ApiError, ApiResult};
 use super::{store, AppState};
 use crate::api::{AuditEntry, Done, NewPrincipal, Principal, Role, SiteRole, WhoAmI};
@@ -74,7 +74,7 @@ pub async fn list(
 pub async fn show(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<Principal>> {
     caller.principal()?;
     Ok(Json(load(&state, &name).await?))
@@ -171,7 +171,7 @@ pub async fn create(
 pub async fn remove(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<Done>> {
     let p = caller.principal()?;
     p.require_admin("remove users")?;
@@ -230,7 +230,7 @@ pub struct AuditQuery {
 pub async fn audit(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> ApiResult<Json<Vec<AuditEntry>>> {
     caller.principal()?.require_admin("read the audit log")?;
     let limit = q.limit.unwrap_or(100).min(10_000);

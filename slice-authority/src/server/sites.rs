@@ -1,11 +1,11 @@
 //! Sites, and the unauthenticated authority description.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use sqlx::FromRow;
 
-use super::authn::{ApiJson, Caller};
+use super::authn::{ApiJson, ApiPath, Caller};
 use super::error::{ApiError, ApiResult};
 use super::{store, AppState};
 use crate::api::{AuthorityInfo, Done, LeasePolicy, NewSite, Site};
@@ -77,7 +77,7 @@ pub fn caller_may_read(caller: &Caller) -> ApiResult<()> {
 pub async fn show(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(site): Path<String>,
+    ApiPath(site): ApiPath<String>,
 ) -> ApiResult<Json<Site>> {
     caller_may_read(&caller)?;
     let row: Option<SiteRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -160,7 +160,7 @@ pub async fn create(
 pub async fn remove(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(site): Path<String>,
+    ApiPath(site): ApiPath<String>,
 ) -> ApiResult<Json<Done>> {
     let p = caller.principal()?;
     p.require_admin("remove sites")?;

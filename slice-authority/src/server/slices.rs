@@ -3,11 +3,11 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 
-use super::authn::{ApiJson, Caller};
+use super::authn::{ApiJson, ApiPath, Caller};
 use super::error::{ApiError, ApiResult};
 use super::sites::caller_may_read;
 use super::store::{self, SliceAccess, SliceRow};
@@ -49,7 +49,7 @@ pub async fn list(
 pub async fn show(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(slice): Path<String>,
+    ApiPath(slice): ApiPath<String>,
 ) -> ApiResult<Json<Slice>> {
     caller_may_read(&caller)?;
     let mut c = state.db.acquire().await?;
@@ -340,7 +340,7 @@ pub async fn delete_slice(
 pub async fn remove(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(slice): Path<String>,
+    ApiPath(slice): ApiPath<String>,
 ) -> ApiResult<Json<Done>> {
     let p = caller.principal()?;
     let mut w = state.write().await?;
@@ -358,7 +358,7 @@ pub async fn remove(
 pub async fn renew(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(slice): Path<String>,
+    ApiPath(slice): ApiPath<String>,
     ApiJson(req): ApiJson<RenewRequest>,
 ) -> ApiResult<Json<RenewReply>> {
     let p = caller.principal()?;
@@ -413,7 +413,7 @@ pub async fn renew(
 pub async fn change_members(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(slice): Path<String>,
+    ApiPath(slice): ApiPath<String>,
     ApiJson(req): ApiJson<MemberChange>,
 ) -> ApiResult<Json<Slice>> {
     let p = caller.principal()?;
@@ -459,7 +459,7 @@ pub async fn change_members(
 pub async fn add_slivers(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(slice): Path<String>,
+    ApiPath(slice): ApiPath<String>,
     ApiJson(req): ApiJson<AddSlivers>,
 ) -> ApiResult<(StatusCode, Json<PlacementReply>)> {
     let p = caller.principal()?;
@@ -509,7 +509,7 @@ pub async fn add_slivers(
 pub async fn remove_sliver(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((slice, sliver)): Path<(String, u64)>,
+    ApiPath((slice, sliver)): ApiPath<(String, u64)>,
 ) -> ApiResult<Json<Done>> {
     let p = caller.principal()?;
     let mut w = state.write().await?;
