@@ -20,6 +20,9 @@ enum Command {
     /// Build, show and verify virtual appliances (kernel + initramfs + manifest).
     #[command(subcommand)]
     Appliance(slicenet_vmm::cli::ApplianceCommand),
+    /// The data plane: run a node's encrypted L2 overlay, show its status, make keys, export gateways.
+    #[command(subcommand)]
+    Overlay(slicenet_overlay::cli::OverlayCommand),
     /// Slice authority commands: keygen, authority, site, node, user, slice, sliver, enclave, audit.
     #[command(flatten)]
     Authority(slicenet_authority::cli::Command),
@@ -37,6 +40,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(args) => slicenet_experiments::demo::run(&args),
         Command::Appliance(command) => slicenet_vmm::cli::run(command),
+        Command::Overlay(command) => slicenet_overlay::cli::run(command),
         Command::Authority(command) => slicenet_authority::cli::run(command),
     }
 }

@@ -15,8 +15,13 @@
 //! [`Overlay::status`]. See the crate's README for the model and the
 //! daemon (`slicenet overlay run`).
 
+pub mod cli;
+pub mod config;
+pub mod control;
 pub mod counters;
+pub mod daemon;
 pub mod encap;
+pub mod gateway;
 pub mod keys;
 pub mod offload;
 pub mod status;
