@@ -27,6 +27,9 @@ pub mod offload;
 pub mod status;
 pub mod wire;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 mod forward;
 mod node;
 mod overlay;

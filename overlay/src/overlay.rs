@@ -662,7 +662,7 @@ impl Overlay {
             config.anti_spoof,
             mtu,
         ));
-        self.register_port(&port)?;
+        register_port(&self.inner.node, &port)?;
         let task = match &port.io {
             PortIo::Tap { .. } => self.inner.runtime.spawn(tasks::tap_loop(
                 node.clone(),
@@ -682,38 +682,6 @@ impl Overlay {
             mac: port.mac,
             mtu,
         })
-    }
-
-    fn register_port(&self, port: &Arc<Port>) -> Result<(), OverlayError> {
-        let mut topo = self.inner.node.write();
-        if topo.ports.contains_key(&port.name) {
-            return Err(OverlayError::PortExists(port.name.clone()));
-        }
-        let enclave = topo
-            .enclaves
-            .get_mut(&port.vni)
-            .ok_or(OverlayError::UnknownEnclave(port.vni))?;
-        if port.anti_spoof {
-            if let Some(mac) = port.mac {
-                if let Some(other) = enclave
-                    .ports
-                    .iter()
-                    .find(|p| p.anti_spoof && p.mac == Some(mac))
-                {
-                    return Err(OverlayError::InvalidPort {
-                        name: port.name.clone(),
-                        problem: format!(
-                            "MAC {mac} already belongs to port {:?} of enclave {}",
-                            other.name, port.vni
-                        ),
-                    });
-                }
-                enclave.macs.pin(mac, port);
-            }
-        }
-        enclave.ports.push(port.clone());
-        topo.ports.insert(port.name.clone(), port.clone());
-        Ok(())
     }
 
     /// Adds an in-process port: the program sends and receives frames
@@ -744,7 +712,7 @@ impl Overlay {
             mac.is_some(),
             mtu,
         ));
-        self.register_port(&port)?;
+        register_port(&self.inner.node, &port)?;
         Ok(MemoryPort {
             node: self.inner.node.clone(),
             underlay: self.inner.underlay.clone(),
@@ -859,7 +827,40 @@ fn port_status(p: &Port) -> PortStatus {
     }
 }
 
-fn new_peer(node: &Node, topo: &Topology, config: &PeerConfig) -> Peer {
+/// Adds a port to the topology (pinning its MAC when it has anti-spoofing).
+pub(crate) fn register_port(node: &Node, port: &Arc<Port>) -> Result<(), OverlayError> {
+    let mut topo = node.write();
+    if topo.ports.contains_key(&port.name) {
+        return Err(OverlayError::PortExists(port.name.clone()));
+    }
+    let enclave = topo
+        .enclaves
+        .get_mut(&port.vni)
+        .ok_or(OverlayError::UnknownEnclave(port.vni))?;
+    if port.anti_spoof {
+        if let Some(mac) = port.mac {
+            if let Some(other) = enclave
+                .ports
+                .iter()
+                .find(|p| p.anti_spoof && p.mac == Some(mac))
+            {
+                return Err(OverlayError::InvalidPort {
+                    name: port.name.clone(),
+                    problem: format!(
+                        "MAC {mac} already belongs to port {:?} of enclave {}",
+                        other.name, port.vni
+                    ),
+                });
+            }
+            enclave.macs.pin(mac, port);
+        }
+    }
+    enclave.ports.push(port.clone());
+    topo.ports.insert(port.name.clone(), port.clone());
+    Ok(())
+}
+
+pub(crate) fn new_peer(node: &Node, topo: &Topology, config: &PeerConfig) -> Peer {
     let index = node.next_index(topo);
     Peer::new(
         node,
@@ -876,7 +877,7 @@ fn new_peer(node: &Node, topo: &Topology, config: &PeerConfig) -> Peer {
     )
 }
 
-fn attach_peer(topo: &mut Topology, peer: &Arc<Peer>) {
+pub(crate) fn attach_peer(topo: &mut Topology, peer: &Arc<Peer>) {
     topo.peers.insert(peer.public_key, peer.clone());
     topo.peers_by_index.insert(peer.index, peer.clone());
     for e in topo.enclaves.values_mut() {
@@ -896,7 +897,7 @@ fn detach_peer(topo: &mut Topology, peer: &Arc<Peer>) {
     }
 }
 
-fn resolve_members(topo: &Topology, keys: &BTreeSet<PublicKey>) -> Vec<Arc<Peer>> {
+pub(crate) fn resolve_members(topo: &Topology, keys: &BTreeSet<PublicKey>) -> Vec<Arc<Peer>> {
     keys.iter()
         .filter_map(|k| topo.peers.get(k).cloned())
         .collect()

@@ -256,6 +256,12 @@ impl Outbox {
         self.used += len;
     }
 
+    /// The bytes of entry `i`.
+    pub(crate) fn data(&self, i: usize) -> &[u8] {
+        let e = &self.entries[i];
+        &self.buf[e.offset..e.offset + e.len]
+    }
+
     /// Copies a datagram in.
     pub(crate) fn push(&mut self, data: &[u8], dst: SocketAddr, peer: Option<Arc<Peer>>) {
         self.slot(data.len()).copy_from_slice(data);
