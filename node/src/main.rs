@@ -26,6 +26,9 @@ enum Command {
     /// Slice authority commands: keygen, authority, site, node, user, slice, sliver, enclave, audit.
     #[command(flatten)]
     Authority(slicenet_authority::cli::Command),
+    /// Join the overlay's membership (libp2p) and print what it sees; make node keys.
+    #[command(subcommand)]
+    Membership(slicenet_node::membership::cli::MembershipCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,5 +45,6 @@ fn main() -> anyhow::Result<()> {
         Command::Appliance(command) => slicenet_vmm::cli::run(command),
         Command::Overlay(command) => slicenet_overlay::cli::run(command),
         Command::Authority(command) => slicenet_authority::cli::run(command),
+        Command::Membership(command) => slicenet_node::membership::cli::run(command),
     }
 }

@@ -49,7 +49,7 @@ pub fn offer_to_table(data: &[u8]) {
     if let Ok(GossipMessage::Suspect { node, seq }) = GossipMessage::parse(data) {
         let _ = table.suspect(node, seq, now);
     }
-    let _ = table.tick(now);
+    let _ = table.tick(now, false);
 }
 
 /// Feeds `count` inputs to both entry points: random bytes, and mutations of a

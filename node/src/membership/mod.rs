@@ -29,6 +29,7 @@
 
 pub mod cli;
 pub mod fuzzing;
+pub mod health;
 pub mod identity;
 pub mod message;
 mod net;

@@ -45,6 +45,8 @@ pub struct Counters {
     pub dropped_rate_limited: u64,
     /// Events not delivered because the event receiver was full or gone.
     pub events_dropped: u64,
+    /// Timeouts (ping, probe, suspicion, TTL) held back because this node was running late.
+    pub verdicts_deferred: u64,
 }
 
 impl Counters {

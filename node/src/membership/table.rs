@@ -141,12 +141,13 @@ pub enum Accepted {
 /// What a suspicion about a node asks of the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SuspicionOutcome {
-    /// Nothing to do (unknown node, old seq, or we have first-hand evidence it is up).
+    /// Nothing to do and nothing to forward (unknown node, or already refuted).
     Ignored,
     /// The suspicion is about us: publish a newer record to refute it.
     RefuteSelf,
-    /// The node now has `suspicion_timeout` to refute; forward the suspicion.
-    Suspected,
+    /// Forward the suspicion; unless we hold first-hand evidence that the node is up,
+    /// it now has `suspicion_timeout` to refute before we declare it down.
+    Forward,
 }
 
 struct Entry {
@@ -356,16 +357,18 @@ impl MemberTable {
         let Some(entry) = self.entries.get_mut(&node) else {
             return SuspicionOutcome::Ignored;
         };
-        let first_hand = entry.connected && now.duration_since(entry.last_heard) < timeout;
-        if entry.state != MemberState::Up || seq < entry.record.seq() || first_hand {
+        if seq < entry.record.seq() {
+            // Already refuted: the suspect published a newer record since.
             return SuspicionOutcome::Ignored;
         }
-        if entry.refute_by.is_none() {
+        let first_hand = entry.connected && now.duration_since(entry.last_heard) < timeout;
+        if entry.state == MemberState::Up && !first_hand && entry.refute_by.is_none() {
             entry.refute_by = Some(now + timeout);
-            SuspicionOutcome::Suspected
-        } else {
-            SuspicionOutcome::Ignored
         }
+        // Forwarded even when we do not believe it: the suspect's own neighbours hold
+        // first-hand evidence, and if they swallowed the suspicion the suspect would
+        // never hear it and never refute.
+        SuspicionOutcome::Forward
     }
 
     /// Our own probe of `node` failed: it is down from here. Returns the seq it was at.
@@ -407,7 +410,8 @@ impl MemberTable {
     }
 
     /// Applies timeouts: unrefuted suspicions and expired records. Drops old tombstones.
-    pub fn tick(&mut self, now: Instant) -> Vec<MembershipEvent> {
+    /// With `defer` (this node is running late) no member is declared down.
+    pub fn tick(&mut self, now: Instant, defer: bool) -> Vec<MembershipEvent> {
         let mut events = Vec::new();
         let ttl = self.config.record_ttl;
         let tombstone_ttl = self.config.max_record_age + self.config.max_clock_skew;
@@ -427,6 +431,10 @@ impl MemberTable {
                     continue;
                 }
             };
+            if defer {
+                self.counters.verdicts_deferred += 1;
+                continue;
+            }
             entry.state = MemberState::Down(reason);
             entry.refute_by = None;
             // Tombstone age counts from the moment it went down.
@@ -683,14 +691,14 @@ mod tests {
         let b = NodeIdentity::generate();
         t.offer(&signed(&a, 1, 1), None, now, WALL).unwrap();
         t.offer(&signed(&b, 1, 2), None, now, WALL).unwrap();
-        assert_eq!(t.suspect(a.node_id(), 1, now), SuspicionOutcome::Suspected);
-        assert_eq!(t.suspect(b.node_id(), 1, now), SuspicionOutcome::Suspected);
+        assert_eq!(t.suspect(a.node_id(), 1, now), SuspicionOutcome::Forward);
+        assert_eq!(t.suspect(b.node_id(), 1, now), SuspicionOutcome::Forward);
         assert_eq!(t.suspect(b.node_id(), 0, now), SuspicionOutcome::Ignored);
         // b refutes with a newer record.
         t.offer(&signed(&b, 2, 2), None, now, WALL).unwrap();
         let later = now + Duration::from_millis(1100);
         assert_eq!(
-            t.tick(later),
+            t.tick(later, false),
             vec![MembershipEvent::PeerDown {
                 node: a.node_id(),
                 reason: DownReason::Unrefuted
@@ -716,7 +724,26 @@ mod tests {
         let a = NodeIdentity::generate();
         t.offer(&signed(&a, 1, 1), None, now, WALL).unwrap();
         t.set_connected(a.node_id(), true, now);
-        assert_eq!(t.suspect(a.node_id(), 1, now), SuspicionOutcome::Ignored);
+        assert_eq!(t.suspect(a.node_id(), 1, now), SuspicionOutcome::Forward);
+        assert!(t.tick(now + Duration::from_secs(2), false).is_empty());
+        assert!(t.is_up(&a.node_id()));
+    }
+
+    #[test]
+    fn a_node_running_late_declares_nobody_down() {
+        let mut t = table();
+        let now = Instant::now();
+        let a = NodeIdentity::generate();
+        t.offer(&signed(&a, 1, 1), None, now, WALL).unwrap();
+        t.suspect(a.node_id(), 1, now);
+        let later = now + Duration::from_secs(2);
+        assert!(t.tick(later, true).is_empty());
+        assert_eq!(t.counters.verdicts_deferred, 1);
+        assert_eq!(
+            t.tick(later, false).len(),
+            1,
+            "the verdict comes once caught up"
+        );
     }
 
     #[test]
@@ -747,7 +774,7 @@ mod tests {
         t.offer(&signed(&a, 1, 1), None, now, WALL).unwrap();
         t.offer(&signed(&b, 1, 2), None, now, WALL).unwrap();
         t.set_connected(b.node_id(), true, now);
-        let events = t.tick(now + Duration::from_secs(61));
+        let events = t.tick(now + Duration::from_secs(61), false);
         assert_eq!(
             events,
             vec![MembershipEvent::PeerDown {
@@ -756,7 +783,7 @@ mod tests {
             }]
         );
         // The tombstone is forgotten once no record of it could still be accepted.
-        t.tick(now + Duration::from_secs(61 + 91));
+        t.tick(now + Duration::from_secs(61 + 91), false);
         assert_eq!(t.seq_of(&a.node_id()), None);
     }
 

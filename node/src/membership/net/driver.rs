@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::behaviour::{Behaviour, BehaviourEvent, MEMBERSHIP_TOPIC};
 use super::{from_multiaddr, is_host_local, peer_to_node, to_multiaddr};
+use crate::membership::health::LocalHealth;
 use crate::membership::identity::{NodeId, NodeIdentity};
 use crate::membership::message::{GossipMessage, SyncRequest, SyncResponse, MAX_GOSSIP_LEN};
 use crate::membership::record::{NodeInfo, NodeRecord, RecordError, VerifiedNodeRecord};
@@ -94,6 +95,13 @@ struct Peer {
     syncs: Bucket,
 }
 
+/// A redial of a node whose connection closed.
+struct Probe {
+    peer: PeerId,
+    addrs: Vec<Multiaddr>,
+    deadline: Instant,
+}
+
 /// The membership task's state.
 pub(crate) struct Driver {
     swarm: Swarm<Behaviour>,
@@ -105,8 +113,10 @@ pub(crate) struct Driver {
     limits: Limits,
     bootstrap: Vec<Multiaddr>,
     peers: HashMap<PeerId, Peer>,
-    /// Nodes whose connection closed and that we are redialing, with the deadline.
-    probes: HashMap<NodeId, Instant>,
+    /// Nodes whose connection closed and that we are redialing.
+    probes: HashMap<NodeId, Probe>,
+    /// Whether we are running too late to trust our own timeouts.
+    health: LocalHealth,
     /// Gossip messages that found no subscriber yet.
     pending_publish: VecDeque<Vec<u8>>,
     events: mpsc::Sender<MembershipEvent>,
@@ -257,6 +267,7 @@ impl Driver {
             bootstrap: bootstrap.iter().map(to_multiaddr).collect(),
             peers: HashMap::new(),
             probes: HashMap::new(),
+            health: LocalHealth::default(),
             pending_publish: VecDeque::new(),
             events,
             commands,
@@ -409,16 +420,24 @@ impl Driver {
     }
 
     fn on_tick(&mut self, now: Instant) {
+        self.health.tick(now, TICK);
+        let degraded = self.health.degraded();
         let expired: Vec<NodeId> = self
             .probes
             .iter()
-            .filter(|(_, deadline)| now >= **deadline)
+            .filter(|(_, probe)| now >= probe.deadline)
             .map(|(node, _)| *node)
             .collect();
         for node in expired {
-            self.probe_failed(node);
+            if degraded {
+                // We may be the slow one: try again rather than accuse.
+                self.table.counters.verdicts_deferred += 1;
+                self.redial(node);
+            } else {
+                self.probe_failed(node);
+            }
         }
-        let events = self.table.tick(now);
+        let events = self.table.tick(now, degraded);
         self.emit_all(events);
         if !self.pending_publish.is_empty() {
             self.retry_pending();
@@ -459,15 +478,30 @@ impl Driver {
         if !self.table.is_up(&node) || self.probes.contains_key(&node) {
             return;
         }
-        let opts = DialOpts::peer_id(peer)
+        self.probes.insert(
+            node,
+            Probe {
+                peer,
+                addrs,
+                deadline: Instant::now(),
+            },
+        );
+        self.redial(node);
+    }
+
+    /// (Re)dials a probed node and restarts its probe deadline.
+    fn redial(&mut self, node: NodeId) {
+        let Some(probe) = self.probes.get_mut(&node) else {
+            return;
+        };
+        probe.deadline = Instant::now() + self.timing.probe_timeout;
+        let opts = DialOpts::peer_id(probe.peer)
             .condition(PeerCondition::DisconnectedAndNotDialing)
-            .addresses(addrs)
+            .addresses(probe.addrs.clone())
             .extend_addresses_through_behaviour()
             .build();
-        self.probes
-            .insert(node, Instant::now() + self.timing.probe_timeout);
-        if self.swarm.dial(opts).is_err() {
-            self.probe_failed(node);
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(node = %node.short(), error = %e, "probe dial not started");
         }
     }
 
@@ -494,7 +528,12 @@ impl Driver {
                 if let Some(peer) = peer_id {
                     let node = peer_to_node(&peer);
                     if let Some(node) = node.filter(|n| self.probes.contains_key(n)) {
-                        if !self.swarm.is_connected(&peer) {
+                        if self.swarm.is_connected(&peer) {
+                            // Another dial got through meanwhile.
+                        } else if self.health.degraded() {
+                            // A timeout may be ours; the tick redials at the deadline.
+                            tracing::debug!(%peer, %error, "probe dial failed while running late");
+                        } else {
                             tracing::debug!(%peer, %error, "probe dial failed");
                             self.probe_failed(node);
                         }
@@ -657,6 +696,11 @@ impl Driver {
                 let node = state.node;
                 self.table.heard_from(node, Instant::now());
             }
+            (Err(failure), _) if self.health.degraded() => {
+                // Our own lateness can time a ping out; the next ping decides.
+                tracing::debug!(%peer, %failure, "ping failed while running late");
+                self.table.counters.verdicts_deferred += 1;
+            }
             (Err(failure), _) => {
                 tracing::debug!(%peer, %failure, "ping failed: closing connection");
                 // Closing turns a silent failure into a ConnectionClosed, which probes.
@@ -695,7 +739,7 @@ impl Driver {
                 Err(_) => Reject,
             },
             Ok(GossipMessage::Suspect { node, seq }) => match self.table.suspect(node, seq, now) {
-                SuspicionOutcome::Suspected => Accept,
+                SuspicionOutcome::Forward => Accept,
                 SuspicionOutcome::Ignored => Ignore,
                 SuspicionOutcome::RefuteSelf => {
                     self.refute();
