@@ -389,13 +389,28 @@ impl MemberTable {
         ))
     }
 
-    /// Records whether we hold a direct connection to `node`.
-    pub fn set_connected(&mut self, node: NodeId, connected: bool, now: Instant) {
-        if let Some(entry) = self.entries.get_mut(&node) {
-            entry.connected = connected;
-            if connected {
-                entry.last_heard = now;
+    /// Records whether we hold a direct connection to `node`. A new authenticated
+    /// connection is first-hand proof of life: a member we had declared down (for any
+    /// reason but leaving) is up again.
+    pub fn set_connected(
+        &mut self,
+        node: NodeId,
+        connected: bool,
+        now: Instant,
+    ) -> Option<MembershipEvent> {
+        let entry = self.entries.get_mut(&node)?;
+        entry.connected = connected;
+        if !connected {
+            return None;
+        }
+        entry.last_heard = now;
+        entry.refute_by = None;
+        match entry.state {
+            MemberState::Down(reason) if reason != DownReason::Left => {
+                entry.state = MemberState::Up;
+                Some(MembershipEvent::PeerUp(entry.record.clone()))
             }
+            _ => None,
         }
     }
 
@@ -785,6 +800,25 @@ mod tests {
         // The tombstone is forgotten once no record of it could still be accepted.
         t.tick(now + Duration::from_secs(61 + 91), false);
         assert_eq!(t.seq_of(&a.node_id()), None);
+    }
+
+    #[test]
+    fn a_new_connection_revives_a_member_declared_down() {
+        let mut t = table();
+        let now = Instant::now();
+        let a = NodeIdentity::generate();
+        t.offer(&signed(&a, 1, 1), None, now, WALL).unwrap();
+        t.unreachable(a.node_id()).unwrap();
+        assert!(matches!(
+            t.set_connected(a.node_id(), true, now),
+            Some(MembershipEvent::PeerUp(_))
+        ));
+        assert!(t.is_up(&a.node_id()));
+        // A node that left stays gone until it publishes a newer record.
+        t.offer(&signed_at(&a, 2, 1, WALL, true), None, now, WALL)
+            .unwrap();
+        assert_eq!(t.set_connected(a.node_id(), true, now), None);
+        assert!(!t.is_up(&a.node_id()));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use libp2p::core::transport::MemoryTransport;
 use libp2p::core::upgrade::Version;
 use libp2p::core::{ConnectedPoint, Transport as _};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{gossipsub, identify, kad, noise, ping, request_response, tcp, yamux};
 use libp2p::{Multiaddr, PeerId, Swarm};
 use rand::seq::IteratorRandom as _;
@@ -93,6 +93,8 @@ struct Peer {
     addrs: Vec<Multiaddr>,
     gossip: Bucket,
     syncs: Bucket,
+    /// Last answered ping (or the connection's start).
+    last_pong: Instant,
 }
 
 /// A redial of a node whose connection closed.
@@ -127,6 +129,8 @@ pub(crate) struct Driver {
     next_sync: Instant,
     next_bootstrap: Instant,
     last_refutation: Option<Instant>,
+    /// Set while we have no connection at all after having had some.
+    isolated_since: Option<Instant>,
 }
 
 fn sign_own(
@@ -274,6 +278,7 @@ impl Driver {
             shutdown,
             listen_addrs,
             last_refutation: None,
+            isolated_since: None,
         };
         driver.dial_bootstrap();
         driver.publish_own();
@@ -437,6 +442,9 @@ impl Driver {
                 self.probe_failed(node);
             }
         }
+        if !degraded {
+            self.check_pings(now);
+        }
         let events = self.table.tick(now, degraded);
         self.emit_all(events);
         if !self.pending_publish.is_empty() {
@@ -455,6 +463,27 @@ impl Driver {
         }
         if self.peers.is_empty() && now >= self.next_bootstrap {
             self.dial_bootstrap();
+        }
+    }
+
+    /// Probes peers whose pings went unanswered for `ping_interval + ping_timeout`.
+    /// (libp2p's ping forgives the first timeout and then waits for a new substream's
+    /// negotiation to time out, which takes 10 s on a dead path; answered pings are
+    /// the heartbeat we judge by instead.)
+    fn check_pings(&mut self, now: Instant) {
+        let limit = self.timing.ping_interval + self.timing.ping_timeout;
+        let silent: Vec<(PeerId, NodeId, Vec<Multiaddr>)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.last_pong) > limit)
+            .filter(|(_, p)| self.table.is_up(&p.node) && !self.probes.contains_key(&p.node))
+            .map(|(peer, p)| (*peer, p.node, p.addrs.clone()))
+            .collect();
+        for (peer, node, addrs) in silent {
+            tracing::debug!(%peer, "pings unanswered: probing with a fresh connection");
+            // Disconnect first: it aborts pending dials, and the probe's must survive.
+            let _ = self.swarm.disconnect_peer_id(peer);
+            self.start_probe(peer, node, addrs);
         }
     }
 
@@ -495,8 +524,10 @@ impl Driver {
             return;
         };
         probe.deadline = Instant::now() + self.timing.probe_timeout;
+        // NotDialing, not Disconnected: after a ping failure the old connection may
+        // still be closing while we need a fresh one.
         let opts = DialOpts::peer_id(probe.peer)
-            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .condition(PeerCondition::NotDialing)
             .addresses(probe.addrs.clone())
             .extend_addresses_through_behaviour()
             .build();
@@ -528,8 +559,8 @@ impl Driver {
                 if let Some(peer) = peer_id {
                     let node = peer_to_node(&peer);
                     if let Some(node) = node.filter(|n| self.probes.contains_key(n)) {
-                        if self.swarm.is_connected(&peer) {
-                            // Another dial got through meanwhile.
+                        if matches!(error, DialError::Aborted) {
+                            // We cancelled it ourselves; the probe deadline still runs.
                         } else if self.health.degraded() {
                             // A timeout may be ours; the tick redials at the deadline.
                             tracing::debug!(%peer, %error, "probe dial failed while running late");
@@ -570,7 +601,9 @@ impl Driver {
             addrs: Vec::new(),
             gossip: Bucket::new(limits.gossip_per_peer_burst, now),
             syncs: Bucket::new(limits.syncs_per_peer_per_sec.max(1.0) * 2.0, now),
+            last_pong: now,
         });
+        entry.last_pong = now;
         if let Some(addr) = dialed_addr {
             if !entry.addrs.contains(&addr) && entry.addrs.len() < MAX_ADDRS_PER_PEER {
                 entry.addrs.push(addr.clone());
@@ -578,7 +611,15 @@ impl Driver {
             self.swarm.behaviour_mut().kademlia.add_address(&peer, addr);
         }
         self.probes.remove(&node);
-        self.table.set_connected(node, true, now);
+        if let Some(event) = self.table.set_connected(node, true, now) {
+            self.emit(event);
+        }
+        if self.isolated_since.take().is_some() {
+            // Back from isolation (a partition, a network restart): others may have
+            // declared us down and we heard none of their suspicions, so announce a
+            // newer record.
+            self.republish_own();
+        }
         if count == 1 {
             // Exchange records at once: this is how a newcomer learns the membership
             // and how everyone learns the newcomer even before gossip meshes form.
@@ -599,6 +640,10 @@ impl Driver {
             return;
         };
         self.table.set_connected(state.node, false, Instant::now());
+        if self.peers.is_empty() {
+            self.isolated_since = Some(Instant::now());
+            self.next_bootstrap = Instant::now() + BOOTSTRAP_RETRY;
+        }
         if !*self.shutdown.borrow() {
             self.start_probe(peer, state.node, state.addrs);
         }
@@ -692,18 +737,27 @@ impl Driver {
         result: Result<Duration, ping::Failure>,
     ) {
         match (result, self.peers.get(&peer)) {
-            (Ok(_), Some(state)) => {
+            (Ok(_), Some(_)) => {
+                let now = Instant::now();
+                let state = self.peers.get_mut(&peer).expect("matched above");
+                state.last_pong = now;
                 let node = state.node;
-                self.table.heard_from(node, Instant::now());
+                self.table.heard_from(node, now);
             }
             (Err(failure), _) if self.health.degraded() => {
                 // Our own lateness can time a ping out; the next ping decides.
                 tracing::debug!(%peer, %failure, "ping failed while running late");
                 self.table.counters.verdicts_deferred += 1;
             }
-            (Err(failure), _) => {
-                tracing::debug!(%peer, %failure, "ping failed: closing connection");
-                // Closing turns a silent failure into a ConnectionClosed, which probes.
+            (Err(failure), state) => {
+                tracing::debug!(%peer, %failure, "ping failed: closing connection and probing");
+                // Closing a connection over a dead path can take many seconds (the
+                // muxer waits for its close to be acknowledged), so the probe starts
+                // now, with a fresh dial, instead of at ConnectionClosed.
+                if let Some(state) = state {
+                    let (node, addrs) = (state.node, state.addrs.clone());
+                    self.start_probe(peer, node, addrs);
+                }
                 self.swarm.close_connection(connection);
             }
             _ => {}
