@@ -265,8 +265,7 @@ impl NestedHost {
     /// `NESTED-EXIT <status>`; the VM then powers off.
     pub fn run(mut self, script: &str, timeout: Duration) -> Result<NestedRun, NestedError> {
         qemu_available()?;
-        let init = format!(
-            "#!/bin/busybox sh\n\
+        let init = "#!/bin/busybox sh\n\
              /bin/busybox --install -s /bin\n\
              export PATH=/bin\n\
              mount -t proc proc /proc\n\
@@ -278,9 +277,8 @@ impl NestedHost {
              echo NESTED-START\n\
              sh /t/test.sh\n\
              echo \"NESTED-EXIT $?\"\n\
-             poweroff -f\n"
-        );
-        self.add_bytes("init", init.into_bytes(), 0o755);
+             poweroff -f\n";
+        self.add_bytes("init", init.as_bytes().to_vec(), 0o755);
         self.add_bytes("t/test.sh", script.as_bytes().to_vec(), 0o755);
         let dir = tempfile::Builder::new()
             .prefix("slicenet-nested-")

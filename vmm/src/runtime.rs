@@ -589,7 +589,7 @@ impl Runtime {
             return;
         };
         let blocked = lock(&slot.transport).device().backend_blocked();
-        if blocked == !slot.backend_armed {
+        if blocked != slot.backend_armed {
             return;
         }
         let events = if blocked {

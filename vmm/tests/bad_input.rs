@@ -61,7 +61,8 @@ fn run_vmm(dir: &Path, api: &Path) -> (i32, String) {
 
 #[test]
 fn corrupt_appliances_fail_with_status_4_naming_the_part() {
-    let cases: [(&str, fn(&Path), &str); 4] = [
+    type Corruption = fn(&Path);
+    let cases: [(&str, Corruption, &str); 4] = [
         (
             "bad hash",
             |d| std::fs::write(d.join("initrd.img"), b"initramfX").unwrap(),

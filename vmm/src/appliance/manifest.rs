@@ -462,7 +462,8 @@ mod tests {
     fn hostile_manifests_are_rejected_with_the_field_named() {
         let dir = tempfile::tempdir().unwrap();
         let good = write_appliance(dir.path());
-        let cases: Vec<(Box<dyn Fn(&mut Manifest)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut Manifest)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (
                 Box::new(|m| m.kernel.path = "../../etc/shadow".into()),
                 "kernel.path",

@@ -159,9 +159,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse_net(
-    spec: &str,
-) -> anyhow::Result<(PathBuf, PathBuf, Option<MacAddr>, Option<(Ipv4Addr, u8)>)> {
+/// One parsed `--net` flag.
+struct NetSpec {
+    vm_sock: PathBuf,
+    switch_sock: PathBuf,
+    mac: Option<MacAddr>,
+    ipv4: Option<(Ipv4Addr, u8)>,
+}
+
+fn parse_net(spec: &str) -> anyhow::Result<NetSpec> {
     let (mut vm, mut switch, mut mac, mut ip) = (None, None, None, None);
     for part in spec.split(',') {
         let (key, value) = part
@@ -191,12 +197,12 @@ fn parse_net(
             other => bail!("--net {spec:?}: unknown key {other:?} (use vm, switch, mac, ip)"),
         }
     }
-    Ok((
-        vm.with_context(|| format!("--net {spec:?}: vm=PATH is required"))?,
-        switch.with_context(|| format!("--net {spec:?}: switch=PATH is required"))?,
+    Ok(NetSpec {
+        vm_sock: vm.with_context(|| format!("--net {spec:?}: vm=PATH is required"))?,
+        switch_sock: switch.with_context(|| format!("--net {spec:?}: switch=PATH is required"))?,
         mac,
-        ip,
-    ))
+        ipv4: ip,
+    })
 }
 
 fn run(args: RunArgs, started: Instant) -> anyhow::Result<i32> {
@@ -239,7 +245,12 @@ fn run(args: RunArgs, started: Instant) -> anyhow::Result<i32> {
     let mut nets = Vec::new();
     let mut guest_nets = Vec::new();
     for (i, spec) in args.nets.iter().enumerate() {
-        let (vm_sock, switch_sock, mac, ip) = parse_net(spec)?;
+        let NetSpec {
+            vm_sock,
+            switch_sock,
+            mac,
+            ipv4,
+        } = parse_net(spec)?;
         let mac = mac
             .or_else(|| fixed_macs.get(i).copied())
             .unwrap_or_else(|| derive_mac(&sliver_id, i));
@@ -248,7 +259,7 @@ fn run(args: RunArgs, started: Instant) -> anyhow::Result<i32> {
             vm_sock,
             switch_sock,
         });
-        guest_nets.push(GuestNet { mac, ipv4: ip });
+        guest_nets.push(GuestNet { mac, ipv4 });
     }
     let disk = match &args.disk {
         Some(spec) => {

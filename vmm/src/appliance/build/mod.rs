@@ -465,16 +465,25 @@ fn dependency_closure(packages: &[String]) -> Result<BTreeSet<String>, BuildErro
 }
 
 fn package_versions(packages: &BTreeSet<String>) -> Result<BTreeMap<String, String>, BuildError> {
+    // One apt-cache call for all packages: it answers in sections "name:\n  Installed: ..
+    // \n  Candidate: ..".
+    let out = run_tool(Command::new("apt-cache").arg("policy").args(packages))?;
     let mut versions = BTreeMap::new();
-    for package in packages {
-        let out = run_tool(Command::new("apt-cache").args(["policy", package]))?;
-        let candidate = out
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Candidate:"))
-            .map(|v| v.trim().to_string())
-            .filter(|v| v != "(none)")
-            .ok_or_else(|| BuildError::UnknownPackage(package.clone()))?;
-        versions.insert(package.clone(), candidate);
+    let mut current: Option<String> = None;
+    for line in out.lines() {
+        if !line.starts_with(' ') {
+            current = line.strip_suffix(':').map(|name| name.to_string());
+        } else if let (Some(name), Some(candidate)) =
+            (&current, line.trim().strip_prefix("Candidate:"))
+        {
+            let candidate = candidate.trim();
+            if candidate != "(none)" && packages.contains(name) {
+                versions.insert(name.clone(), candidate.to_string());
+            }
+        }
+    }
+    if let Some(missing) = packages.iter().find(|p| !versions.contains_key(*p)) {
+        return Err(BuildError::UnknownPackage(missing.clone()));
     }
     Ok(versions)
 }

@@ -203,7 +203,7 @@ impl MmioTransport {
             self.device.read_config(offset - reg::CONFIG, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             self.bad_accesses += 1;
             data.fill(0);
             return;
@@ -239,7 +239,7 @@ impl MmioTransport {
             self.bad_accesses += 1;
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             self.bad_accesses += 1;
             return;
         }

@@ -101,7 +101,7 @@ impl Net {
             let frame = match self.pending_rx.take() {
                 Some(frame) => frame,
                 None => match self.socket.recv(&mut self.buf) {
-                    Ok(n) if n > MAX_FRAME || n < 14 => {
+                    Ok(n) if !(14..=MAX_FRAME).contains(&n) => {
                         self.metrics.drop_bad_size += 1;
                         continue;
                     }
@@ -181,7 +181,7 @@ impl Net {
             match chain.reader(mem) {
                 Ok(mut reader) => {
                     let total = reader.available_bytes();
-                    if total < NET_HDR_LEN + 14 || total > NET_HDR_LEN + MAX_FRAME {
+                    if !(NET_HDR_LEN + 14..=NET_HDR_LEN + MAX_FRAME).contains(&total) {
                         self.metrics.drop_bad_size += 1;
                     } else {
                         let mut frame = vec![0u8; total];
