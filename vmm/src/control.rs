@@ -34,9 +34,19 @@ pub fn parse_request(line: &[u8]) -> Result<ApiRequest, String> {
     if line.len() > MAX_REQUEST {
         return Err(format!("request longer than {MAX_REQUEST} bytes"));
     }
-    serde_json::from_slice(line).map_err(|e| {
+    let invalid = |e: String| {
         format!("invalid request ({e}); send one JSON object per line, e.g. {{\"op\":\"status\"}}")
-    })
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(line).map_err(|e| invalid(e.to_string()))?;
+    // Every request today is just an "op"; anything else is a client bug worth reporting.
+    if let Some(extra) = value
+        .as_object()
+        .and_then(|o| o.keys().find(|k| k.as_str() != "op"))
+    {
+        return Err(invalid(format!("unknown field {extra:?}")));
+    }
+    serde_json::from_value(value).map_err(|e| invalid(e.to_string()))
 }
 
 /// An error reply.

@@ -13,6 +13,7 @@ pub mod bus;
 pub mod cli;
 pub mod control;
 pub mod devices;
+pub mod fuzzing;
 pub mod host;
 pub mod nested;
 pub mod runtime;

@@ -169,7 +169,17 @@ pub fn build_default(
     let _lock = CacheLock::acquire(cache)?;
 
     progress("resolving Debian packages");
-    let kernel_package = kernel_image_package()?;
+    let kernel_package = match kernel_image_package() {
+        Ok(package) => package,
+        // A fresh machine may have empty package lists; refresh them once when allowed to.
+        // SAFETY: geteuid has no preconditions.
+        Err(_) if unsafe { libc::geteuid() } == 0 => {
+            progress("package lists look empty: running apt-get update");
+            run_tool(Command::new("apt-get").args(["update", "-qq"]))?;
+            kernel_image_package()?
+        }
+        Err(e) => return Err(e),
+    };
     let mut wanted: BTreeSet<String> = [kernel_package.clone(), "busybox-static".to_string()]
         .into_iter()
         .collect();

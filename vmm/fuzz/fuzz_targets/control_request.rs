@@ -1,0 +1,6 @@
+#![no_main]
+//! Fuzz target: see `slicenet_vmm::fuzzing::control_request`.
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| slicenet_vmm::fuzzing::control_request(data));
