@@ -91,12 +91,11 @@ macro_rules! node_select {
             "SELECT n.id, n.name, n.site_id, s.name AS site, s.region, s.country, s.latitude, s.longitude, ",
             "n.public_key, n.vcpus, n.memory_mib, n.disk_gib, n.bandwidth_mbps, n.state, n.wg_public_key, ",
             "n.tunnel_address, n.endpoint, n.last_seen, ",
-            "COALESCE(u.vcpus, 0) AS used_vcpus, COALESCE(u.memory_mib, 0) AS used_memory_mib, ",
-            "COALESCE(u.disk_gib, 0) AS used_disk_gib, COALESCE(u.bandwidth_mbps, 0) AS used_bandwidth_mbps, ",
-            "COALESCE(u.n, 0) AS sliver_count ",
+            "COALESCE(SUM(v.vcpus), 0) AS used_vcpus, COALESCE(SUM(v.memory_mib), 0) AS used_memory_mib, ",
+            "COALESCE(SUM(v.disk_gib), 0) AS used_disk_gib, COALESCE(SUM(v.bandwidth_mbps), 0) AS used_bandwidth_mbps, ",
+            "COUNT(v.id) AS sliver_count ",
             "FROM nodes n JOIN sites s ON s.id = n.site_id ",
-            "LEFT JOIN (SELECT node_id, SUM(vcpus) AS vcpus, SUM(memory_mib) AS memory_mib, SUM(disk_gib) AS disk_gib, ",
-            "SUM(bandwidth_mbps) AS bandwidth_mbps, COUNT(*) AS n FROM slivers GROUP BY node_id) u ON u.node_id = n.id ",
+            "LEFT JOIN slivers v ON v.node_id = n.id ",
             $tail
         )
     };
@@ -104,14 +103,16 @@ macro_rules! node_select {
 
 /// Every node, by name.
 pub async fn all_nodes(c: &mut SqliteConnection) -> ApiResult<Vec<NodeRow>> {
-    Ok(sqlx::query_as(node_select!("ORDER BY n.name"))
-        .fetch_all(c)
-        .await?)
+    Ok(
+        sqlx::query_as(node_select!("GROUP BY n.id ORDER BY n.name"))
+            .fetch_all(c)
+            .await?,
+    )
 }
 
 /// One node by name, or 404.
 pub async fn node_by_name(c: &mut SqliteConnection, name: &str) -> ApiResult<NodeRow> {
-    sqlx::query_as(node_select!("WHERE n.name = ?"))
+    sqlx::query_as(node_select!("WHERE n.name = ? GROUP BY n.id"))
         .bind(name)
         .fetch_optional(c)
         .await?
