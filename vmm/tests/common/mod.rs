@@ -16,9 +16,22 @@ pub fn skip(test: &str, reason: &str) -> bool {
     true
 }
 
+/// The probe appliance's extra Debian packages.
+pub const PROBE_PACKAGES: &[&str] = &["iperf3", "iputils-ping", "curl", "dnsutils", "traceroute"];
+
 /// The default appliance from the per-user cache (built on first use, then cached).
 pub fn default_appliance(test: &str) -> Option<(Appliance, PathBuf)> {
-    let options = BuildOptions::new("default");
+    build(test, BuildOptions::new("default"))
+}
+
+/// The probe appliance (default recipe plus [`PROBE_PACKAGES`]).
+pub fn probe_appliance(test: &str) -> Option<(Appliance, PathBuf)> {
+    let mut options = BuildOptions::new("probe");
+    options.packages = PROBE_PACKAGES.iter().map(|p| p.to_string()).collect();
+    build(test, options)
+}
+
+fn build(test: &str, options: BuildOptions) -> Option<(Appliance, PathBuf)> {
     let cache = default_cache_dir();
     match build_default(&options, &mut |line| eprintln!("[appliance] {line}")) {
         Ok(out) => Some((
@@ -26,7 +39,10 @@ pub fn default_appliance(test: &str) -> Option<(Appliance, PathBuf)> {
             cache,
         )),
         Err(e) => {
-            skip(test, &format!("cannot build the default appliance: {e}"));
+            skip(
+                test,
+                &format!("cannot build appliance {:?}: {e}", options.name),
+            );
             None
         }
     }

@@ -25,7 +25,7 @@ mod cpio;
 pub use cpio::{CpioWriter, Entry as CpioEntry};
 
 /// Bumped whenever the recipe's output changes for the same inputs.
-const RECIPE_VERSION: &str = "slicenet-default-appliance-4";
+const RECIPE_VERSION: &str = "slicenet-default-appliance-5";
 /// The Debian metapackage that names the current cloud kernel image package.
 const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
 /// Kernel modules the init loads (dependencies are added from each module's `.modinfo`), so
@@ -183,27 +183,31 @@ pub fn build_default(
     let mut wanted: BTreeSet<String> = [kernel_package.clone(), "busybox-static".to_string()]
         .into_iter()
         .collect();
-    let mut program_packages: BTreeSet<String> = BTreeSet::new();
+    // Extra package -> its direct non-library dependencies, whose programs are used when the
+    // package itself ships none (transitional packages: dnsutils -> bind9-dnsutils).
+    let mut program_packages: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut library_packages: BTreeSet<String> = BTreeSet::new();
     if !options.packages.is_empty() {
-        let closure = dependency_closure(&options.packages)?;
+        let graph = dependency_graph(&options.packages)?;
         for package in &options.packages {
-            program_packages.insert(package.clone());
-            // Transitional packages (dnsutils -> bind9-dnsutils) ship their programs in a
-            // direct dependency that is not a library.
-            for dep in direct_dependencies(package)? {
-                if !dep.starts_with("lib") {
-                    program_packages.insert(dep);
-                }
-            }
+            let fallbacks = graph[package]
+                .iter()
+                .filter(|dep| !dep.contains("lib"))
+                .cloned()
+                .collect();
+            program_packages.insert(package.clone(), fallbacks);
         }
-        for package in closure {
-            if package.starts_with("lib") {
+        // Shared libraries live in lib* packages and in a few "-libs" ones (bind9-libs).
+        for package in graph.into_keys() {
+            if package.contains("lib") {
                 library_packages.insert(package);
             }
         }
     }
-    wanted.extend(program_packages.iter().cloned());
+    for (package, fallbacks) in &program_packages {
+        wanted.insert(package.clone());
+        wanted.extend(fallbacks.iter().cloned());
+    }
     wanted.extend(library_packages.iter().cloned());
     let versions = package_versions(&wanted)?;
 
@@ -280,8 +284,19 @@ pub fn build_default(
     image.file("usr/bin/busybox", read(&busybox)?, 0o755);
 
     let mut programs = Vec::new();
-    for package in &program_packages {
-        programs.extend(package_programs(&trees[package])?);
+    for (package, fallbacks) in &program_packages {
+        let mut found = package_programs(&trees[package])?;
+        if found.is_empty() {
+            for dep in fallbacks {
+                found.extend(package_programs(&trees[dep])?);
+            }
+        }
+        if found.is_empty() {
+            return Err(BuildError::Contents(format!(
+                "package {package} (and its direct dependencies) ships no programs"
+            )));
+        }
+        programs.extend(found);
     }
     if !programs.is_empty() {
         let lib_dirs: Vec<PathBuf> = library_packages
@@ -436,19 +451,38 @@ fn apt_depends_command() -> Command {
     command
 }
 
+/// Parses `apt-cache depends` output: package -> its Depends/PreDepends (first alternative
+/// and real packages only).
+fn parse_depends(out: &str) -> BTreeMap<String, Vec<String>> {
+    let mut graph: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in out.lines() {
+        if !line.starts_with(' ') {
+            current = (!line.starts_with('<') && !line.is_empty()).then(|| line.trim().to_string());
+            if let Some(name) = &current {
+                graph.entry(name.clone()).or_default();
+            }
+            continue;
+        }
+        let item = line.trim_start();
+        // "|Depends:" marks an alternative that is not the first choice: skip it.
+        let dep = item
+            .strip_prefix("Depends:")
+            .or_else(|| item.strip_prefix("PreDepends:"))
+            .map(str::trim);
+        if let (Some(name), Some(dep)) = (&current, dep) {
+            if !dep.starts_with('<') {
+                graph.get_mut(name).expect("inserted").push(dep.to_string());
+            }
+        }
+    }
+    graph
+}
+
 fn direct_dependencies(package: &str) -> Result<Vec<String>, BuildError> {
     let out = run_tool(apt_depends_command().arg(package))
         .map_err(|_| BuildError::UnknownPackage(package.to_string()))?;
-    Ok(out
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim_start().trim_start_matches('|');
-            l.strip_prefix("Depends:")
-                .or_else(|| l.strip_prefix("PreDepends:"))
-        })
-        .map(|d| d.trim().to_string())
-        .filter(|d| !d.starts_with('<'))
-        .collect())
+    Ok(parse_depends(&out).remove(package).unwrap_or_default())
 }
 
 fn kernel_image_package() -> Result<String, BuildError> {
@@ -462,16 +496,16 @@ fn kernel_image_package() -> Result<String, BuildError> {
         })
 }
 
-fn dependency_closure(packages: &[String]) -> Result<BTreeSet<String>, BuildError> {
-    for package in packages {
-        direct_dependencies(package)?;
+/// The dependency closure of `packages` with each package's direct dependencies, from one
+/// `apt-cache depends --recurse` call.
+fn dependency_graph(packages: &[String]) -> Result<BTreeMap<String, Vec<String>>, BuildError> {
+    let out = run_tool(apt_depends_command().arg("--recurse").args(packages))
+        .map_err(|_| BuildError::UnknownPackage(packages.join(",")))?;
+    let graph = parse_depends(&out);
+    if let Some(unknown) = packages.iter().find(|p| !graph.contains_key(*p)) {
+        return Err(BuildError::UnknownPackage(unknown.clone()));
     }
-    let out = run_tool(apt_depends_command().arg("--recurse").args(packages))?;
-    Ok(out
-        .lines()
-        .filter(|l| !l.starts_with(' ') && !l.starts_with('<') && !l.is_empty())
-        .map(|l| l.trim().to_string())
-        .collect())
+    Ok(graph)
 }
 
 fn package_versions(packages: &BTreeSet<String>) -> Result<BTreeMap<String, String>, BuildError> {
@@ -881,6 +915,16 @@ mod tests {
     fn merged_usr_paths() {
         assert_eq!(merged_usr_path("bin/ping"), "usr/bin/ping");
         assert_eq!(merged_usr_path("usr/sbin/ip"), "usr/sbin/ip");
+    }
+
+    #[test]
+    fn apt_depends_output_becomes_a_graph() {
+        let out = "dnsutils\n  Depends: bind9-dnsutils\nbind9-dnsutils\n  Depends: bind9-libs\n |Depends: libc6\n  Depends: <libfoo>\n  PreDepends: libc6\n<virtual>\nbind9-libs\n";
+        let graph = parse_depends(out);
+        assert_eq!(graph["dnsutils"], vec!["bind9-dnsutils"]);
+        assert_eq!(graph["bind9-dnsutils"], vec!["bind9-libs", "libc6"]);
+        assert!(graph["bind9-libs"].is_empty());
+        assert_eq!(graph.len(), 3);
     }
 
     #[test]
