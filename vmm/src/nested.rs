@@ -156,22 +156,21 @@ impl NestedHost {
                 minor: 1,
             },
         );
-        host.add_file("bin/busybox", Path::new("/bin/busybox"), 0o755)
-            .or_else(|_| {
-                let busybox = fs::read_dir(cache.join("unpacked"))
-                    .map_err(io(cache))?
-                    .flatten()
-                    .find(|e| {
-                        e.file_name()
-                            .to_string_lossy()
-                            .starts_with("busybox-static")
-                    })
-                    .map(|e| e.path().join("bin/busybox"))
-                    .ok_or_else(|| {
-                        NestedError::Missing("busybox-static not in the cache".into())
-                    })?;
-                host.add_file("bin/busybox", &busybox, 0o755)
+        // busybox-static from the appliance build cache: always a static binary, unlike a
+        // host's /bin/busybox, which may be the dynamically linked flavour.
+        let busybox = fs::read_dir(cache.join("unpacked"))
+            .map_err(io(cache))?
+            .flatten()
+            .find(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("busybox-static")
+            })
+            .map(|e| e.path().join("bin/busybox"))
+            .ok_or_else(|| {
+                NestedError::Missing("busybox-static is not in the appliance cache".into())
             })?;
+        host.add_file("bin/busybox", &busybox, 0o755)?;
         for (name, rel) in [
             ("irqbypass.ko", "kernel/virt/lib/irqbypass.ko"),
             ("kvm.ko", "kernel/arch/x86/kvm/kvm.ko"),

@@ -69,7 +69,9 @@ fn default_appliances_boot_ping_and_end_with_the_right_status_under_nested_kvm()
         has("VM-B-EXIT 11"),
         "a kernel panic ends the VMM with status 11"
     );
-    // C rebooted (status 10); D was stopped through the control API (status 12).
+    // C brought up both of its vCPUs and rebooted (status 10); D was stopped through the
+    // control API (status 12).
+    assert!(has("CPUS 2"), "the guest saw two vCPUs");
     assert!(has("VM-C-EXIT 10"), "a reboot ends the VMM with status 10");
     assert!(
         has("VM-D-STATUS-OK"),
@@ -102,7 +104,8 @@ slicenet-vmm run --appliance /t/app --hostname vm-b --disk path=/t/disk.img \
   --net vm=/t/b.vm.sock,switch=/t/b.sw.sock,ip=198.19.1.2/24 \
   --serial-log /t/b.log --api-sock /t/b.api --console-sock /t/b.console 2>/t/b.err &
 b=$!
-slicenet-vmm run --appliance /t/app --hostname vm-c --serial-log /t/c.log --run 'reboot -f' 2>/t/c.err &
+slicenet-vmm run --appliance /t/app --hostname vm-c --vcpus 2 --serial-log /t/c.log \
+  --run 'echo "CPUS $(grep -c ^processor /proc/cpuinfo)"; reboot -f' 2>/t/c.err &
 c=$!
 slicenet-vmm run --appliance /t/app --hostname vm-a \
   --net vm=/t/a.vm.sock,switch=/t/a.sw.sock,ip=198.19.1.1/24 \
@@ -126,5 +129,6 @@ echo "DISK-SECTOR1 $(dd if=/t/disk.img bs=512 skip=1 count=1 2>/dev/null | head 
 echo "VMM-PROCESSES $(ps | grep -c '[s]licenet-vmm run')"
 echo "LEFT-SOCKETS $(ls /t | grep -E 'vm.sock|api|console$' | tr '\n' ' ')"
 grep -h -E 'packets|SLICENET' /t/a.log
+grep -h '^CPUS' /t/c.log
 for f in a b c d; do echo "--- $f.err"; cat /t/$f.err; done
 "#;
