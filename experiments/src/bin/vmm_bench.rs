@@ -141,7 +141,8 @@ fn main() -> anyhow::Result<()> {
     let cache = default_cache_dir();
     let built = build_default(&BuildOptions::new("default"), &mut |l| eprintln!("  {l}"))?;
     let appliance = Appliance::load(&built.dir)?;
-    let qemu = which("qemu-system-x86_64").context("qemu-system-x86_64 is needed (Debian qemu-system-x86)")?;
+    let qemu = which("qemu-system-x86_64")
+        .context("qemu-system-x86_64 is needed (Debian qemu-system-x86)")?;
 
     let (result, where_) = if cli.direct {
         check_host().context("--direct needs a host whose KVM runs stock kernels")?;
@@ -165,9 +166,17 @@ fn main() -> anyhow::Result<()> {
             0o644,
         )?;
         for (_, part) in appliance.parts() {
-            host.add_file(&format!("t/app/{}", part.path), &appliance.dir().join(&part.path), 0o644)?;
+            host.add_file(
+                &format!("t/app/{}", part.path),
+                &appliance.dir().join(&part.path),
+                0o644,
+            )?;
         }
-        host.add_file("t/app/appliance.toml", &appliance.dir().join("appliance.toml"), 0o644)?;
+        host.add_file(
+            "t/app/appliance.toml",
+            &appliance.dir().join("appliance.toml"),
+            0o644,
+        )?;
         let script = format!(
             "vmm_bench measure --appliance /t/app --boots {} --vmm /bin/slicenet-vmm \
              --qemu /bin/qemu-system-x86_64 --qemu-data /t/qemu-data --work /tmp\n",
@@ -177,7 +186,10 @@ fn main() -> anyhow::Result<()> {
             "vmm_bench: {} boots per runtime inside the nested host (QEMU TCG -cpu max + kvm-amd); this takes minutes",
             cli.boots
         );
-        let run = host.run(&script, Duration::from_secs(120 + 3 * 90 * cli.boots as u64))?;
+        let run = host.run(
+            &script,
+            Duration::from_secs(120 + 3 * 90 * cli.boots as u64),
+        )?;
         let line = run
             .output
             .lines()
@@ -214,10 +226,15 @@ fn report(result: &[Series], where_: &str, json: bool) {
                 })
             })
             .collect();
-        println!("{}", serde_json::json!({ "where": where_, "runtimes": rows }));
+        println!(
+            "{}",
+            serde_json::json!({ "where": where_, "runtimes": rows })
+        );
         return;
     }
-    println!("VMM start -> guest ready marker, default appliance (256 MiB, 1 vCPU, 1 NIC), on {where_}");
+    println!(
+        "VMM start -> guest ready marker, default appliance (256 MiB, 1 vCPU, 1 NIC), on {where_}"
+    );
     println!(
         "{:<34} {:>6} {:>11} {:>9} {:>13}",
         "runtime", "boots", "median ms", "p90 ms", "overhead MiB"
@@ -243,7 +260,9 @@ fn report(result: &[Series], where_: &str, json: bool) {
             );
         }
     }
-    println!("target: slicenet-vmm overhead <= 5 MiB; on hardware KVM <= 150 ms to the ready marker");
+    println!(
+        "target: slicenet-vmm overhead <= 5 MiB; on hardware KVM <= 150 ms to the ready marker"
+    );
 }
 
 /// Boots each runtime `boots` times and returns the samples.
@@ -301,14 +320,30 @@ fn measure(
                     c.arg("-L").arg(data);
                 }
                 c.args(["-M", "microvm,acpi=on", "-accel", "kvm", "-cpu", "host"])
-                    .args(["-m", &m.memory_mib.to_string(), "-smp", &m.vcpus.to_string()])
-                    .args(["-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio"])
+                    .args([
+                        "-m",
+                        &m.memory_mib.to_string(),
+                        "-smp",
+                        &m.vcpus.to_string(),
+                    ])
+                    .args([
+                        "-nodefaults",
+                        "-no-user-config",
+                        "-nographic",
+                        "-serial",
+                        "stdio",
+                    ])
                     .arg("-kernel")
                     .arg(appliance.kernel_path())
                     .arg("-initrd")
                     .arg(appliance.initrd_path())
                     .arg("-append")
-                    .arg(format!("{} {guest_params}", m.cmdline))
+                    // The same command line slicenet-vmm gives the guest, platform flags included.
+                    .arg(format!(
+                        "{} {} {guest_params}",
+                        m.cmdline,
+                        slicenet_vmm::runtime::PLATFORM_CMDLINE
+                    ))
                     .arg("-netdev")
                     .arg(format!(
                         "dgram,id=n0,local.type=unix,local.path={},remote.type=unix,remote.path={}",

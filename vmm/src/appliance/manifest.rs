@@ -367,11 +367,12 @@ impl Appliance {
     }
 }
 
-/// Lower-case hex SHA-256 of a file's contents, read in 1 MiB chunks.
+/// Lower-case hex SHA-256 of a file's contents, read in 128 KiB chunks (small enough to stay
+/// out of the VMM's resident memory once freed).
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = File::open(path)?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 128 << 10];
     loop {
         let n = file.read(&mut buf)?;
         if n == 0 {

@@ -168,11 +168,13 @@ pub fn load_linux(
     };
     if let Some(initrd) = initrd {
         let initrd_name = initrd.display().to_string();
-        let data = std::fs::read(initrd).map_err(|source| BootError::InitrdFile {
-            path: initrd_name,
+        let read_err = |source| BootError::InitrdFile {
+            path: initrd_name.clone(),
             source,
-        })?;
-        let size = data.len() as u64;
+        };
+        // Read straight into guest memory: no copy of the initramfs stays in the VMM's heap.
+        let mut file = File::open(initrd).map_err(read_err)?;
+        let size = file.metadata().map_err(read_err)?.len();
         let limit = low_ram_end.min(u64::from(header.initrd_addr_max) + 1);
         let addr = limit.saturating_sub(size) & !0xfff;
         if addr < kernel_needs || size > limit {
@@ -182,7 +184,7 @@ pub fn load_linux(
                 initrd_mib: size >> 20,
             });
         }
-        mem.write_slice(&data, GuestAddress(addr))
+        mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
             .map_err(|source| BootError::Memory {
                 what: "initramfs",
                 source,
