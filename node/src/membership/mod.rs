@@ -105,8 +105,8 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Self {
-            ping_interval: Duration::from_millis(500),
-            ping_timeout: Duration::from_millis(1000),
+            ping_interval: Duration::from_millis(750),
+            ping_timeout: Duration::from_millis(750),
             probe_timeout: Duration::from_millis(1000),
             suspicion_timeout: Duration::from_millis(1000),
             refresh_interval: Duration::from_secs(20),

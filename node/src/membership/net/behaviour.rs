@@ -64,7 +64,11 @@ impl Behaviour {
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config
             .set_query_timeout(Duration::from_secs(10))
-            .set_periodic_bootstrap_interval(Some(Duration::from_secs(120)))
+            .set_periodic_bootstrap_interval(Some(Duration::from_secs(300)))
+            // Every peer a lookup contacts becomes a kept, pinged connection; smaller
+            // buckets keep each node's neighbourhood (and its ping load) small.
+            .set_kbucket_size(std::num::NonZeroUsize::new(8).expect("non-zero"))
+            .set_parallelism(std::num::NonZeroUsize::new(2).expect("non-zero"))
             // Records live in gossip, not in the DHT: nothing to replicate or republish.
             .set_record_ttl(None)
             .set_replication_interval(None)

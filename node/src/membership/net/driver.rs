@@ -546,35 +546,33 @@ impl Driver {
             } => self.on_connected(peer_id, &endpoint, num_established.get()),
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 cause,
                 ..
             } => {
-                if num_established == 0 {
-                    tracing::debug!(%peer_id, ?cause, "disconnected");
-                    self.on_disconnected(peer_id);
-                }
+                tracing::debug!(%peer_id, ?cause, "disconnected");
+                self.on_disconnected(peer_id);
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                if let Some(peer) = peer_id {
-                    let node = peer_to_node(&peer);
-                    if let Some(node) = node.filter(|n| self.probes.contains_key(n)) {
-                        if matches!(error, DialError::Aborted) {
-                            // We cancelled it ourselves; the probe deadline still runs.
-                        } else if self.health.degraded() {
-                            // A timeout may be ours; the tick redials at the deadline.
-                            tracing::debug!(%peer, %error, "probe dial failed while running late");
-                        } else {
-                            tracing::debug!(%peer, %error, "probe dial failed");
-                            self.probe_failed(node);
-                        }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                let node = peer_to_node(&peer);
+                if let Some(node) = node.filter(|n| self.probes.contains_key(n)) {
+                    if matches!(error, DialError::Aborted) {
+                        // We cancelled it ourselves; the probe deadline still runs.
+                    } else if self.health.degraded() {
+                        // A timeout may be ours; the tick redials at the deadline.
+                        tracing::debug!(%peer, %error, "probe dial failed while running late");
+                    } else {
+                        tracing::debug!(%peer, %error, "probe dial failed");
+                        self.probe_failed(node);
                     }
                 }
             }
-            SwarmEvent::NewListenAddr { address, .. } => {
-                if !self.listen_addrs.contains(&address) {
-                    self.listen_addrs.push(address);
-                }
+            SwarmEvent::NewListenAddr { address, .. } if !self.listen_addrs.contains(&address) => {
+                self.listen_addrs.push(address);
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listen_addrs.retain(|a| a != &address);
@@ -670,10 +668,10 @@ impl Driver {
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, acceptance);
             }
-            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { .. }) => {
-                if !self.pending_publish.is_empty() {
-                    self.retry_pending();
-                }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { .. })
+                if !self.pending_publish.is_empty() =>
+            {
+                self.retry_pending();
             }
             BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => {
                 match message {
