@@ -53,6 +53,7 @@ drop_reasons! {
     UnsupportedOffload => "unsupported_offload", "TAP frame with segmentation metadata this switch cannot process.";
     ForeignSender => "foreign_sender", "Datagram on a unix port's socket from someone other than the port's VM.";
     PortUnreachable => "port_unreachable", "Local port's other end is not there (VM socket not bound).";
+    PortDown => "port_down", "Local port's interface is down (TAP link not up).";
     PortQueueFull => "port_queue_full", "Local port's receive queue is full.";
     PortWriteFailed => "port_write_failed", "Writing to a local port failed.";
     PeerEndpointUnknown => "peer_endpoint_unknown", "Frame for a peer whose underlay endpoint is not known yet.";

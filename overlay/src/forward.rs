@@ -36,10 +36,11 @@ pub(crate) struct Forwarder {
 }
 
 fn tap_write_error(e: &std::io::Error) -> DropReason {
-    if e.kind() == std::io::ErrorKind::WouldBlock {
-        DropReason::PortQueueFull
-    } else {
-        DropReason::PortWriteFailed
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) => DropReason::PortQueueFull,
+        // The TAP driver refuses writes while the interface is down.
+        Some(libc::EIO) => DropReason::PortDown,
+        _ => DropReason::PortWriteFailed,
     }
 }
 

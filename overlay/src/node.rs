@@ -175,7 +175,7 @@ impl Enclave {
 /// A remote node: its WireGuard session and where to reach it.
 pub(crate) struct Peer {
     pub id: u64,
-    pub name: String,
+    name: Mutex<String>,
     pub public_key: PublicKey,
     /// boringtun session index base (24 bits).
     pub index: u32,
@@ -213,7 +213,7 @@ impl Peer {
         );
         Peer {
             id,
-            name,
+            name: Mutex::new(name),
             public_key,
             index,
             tunnel_addr: AtomicU32::new(u32::from(tunnel_addr)),
@@ -225,6 +225,15 @@ impl Peer {
             traffic: TrafficCounters::default(),
             drops: DropCounters::default(),
         }
+    }
+
+    /// The peer's human name.
+    pub(crate) fn name(&self) -> String {
+        self.name.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set_name(&self, name: String) {
+        *self.name.lock().unwrap_or_else(|e| e.into_inner()) = name;
     }
 
     /// The peer's tunnel (inner) address.
@@ -249,7 +258,7 @@ impl Peer {
         let mut e = self.endpoint.lock().unwrap_or_else(|e| e.into_inner());
         if *e != Some(addr) {
             if e.is_some() {
-                tracing::info!(peer = %self.name, from = ?*e, to = %addr, "peer endpoint moved");
+                tracing::info!(peer = %self.name(), from = ?*e, to = %addr, "peer endpoint moved");
             }
             *e = Some(addr);
         }
@@ -274,6 +283,8 @@ pub(crate) enum PortIo {
         /// A non-blocking duplicate of `sock` for sending straight to the kernel.
         sender: std::os::unix::net::UnixDatagram,
         switch_sock: PathBuf,
+        /// Inode of the socket file we bound: only that file is removed on drop.
+        switch_ino: u64,
         vm_sock: PathBuf,
     },
     /// An in-process channel to the embedding program.
@@ -355,8 +366,17 @@ impl Port {
 
 impl Drop for Port {
     fn drop(&mut self) {
-        if let PortIo::Unix { switch_sock, .. } = &self.io {
-            let _ = std::fs::remove_file(switch_sock);
+        if let PortIo::Unix {
+            switch_sock,
+            switch_ino,
+            ..
+        } = &self.io
+        {
+            // A port re-added with the same path has a new file; leave it.
+            use std::os::unix::fs::MetadataExt;
+            if std::fs::symlink_metadata(switch_sock).is_ok_and(|m| m.ino() == *switch_ino) {
+                let _ = std::fs::remove_file(switch_sock);
+            }
         }
     }
 }

@@ -434,8 +434,10 @@ impl Overlay {
             .get(&config.public_key)
             .cloned()
             .ok_or(OverlayError::UnknownPeer(config.public_key))?;
-        let renamed = config.name.as_ref().is_some_and(|n| n != &peer.name);
-        if peer.persistent_keepalive != config.persistent_keepalive || renamed {
+        if let Some(name) = &config.name {
+            peer.set_name(name.clone());
+        }
+        if peer.persistent_keepalive != config.persistent_keepalive {
             detach_peer(&mut topo, &peer);
             let fresh = Arc::new(new_peer(node, &topo, &config));
             if config.endpoint.is_none() {
@@ -494,7 +496,7 @@ impl Overlay {
         if let TunnResult::WriteToNetwork(p) = result {
             if self.inner.underlay.try_send_to(p, ep).is_err() {
                 // The timers retry; nothing is lost but time.
-                tracing::debug!(peer = %peer.name, "could not send a handshake initiation yet");
+                tracing::debug!(peer = %peer.name(), "could not send a handshake initiation yet");
             }
         }
     }
@@ -641,11 +643,18 @@ impl Overlay {
                     std::os::unix::net::UnixDatagram::bind(switch_sock).map_err(unix_err)?;
                 std_sock.set_nonblocking(true).map_err(unix_err)?;
                 let sender = std_sock.try_clone().map_err(unix_err)?;
+                let switch_ino = {
+                    use std::os::unix::fs::MetadataExt;
+                    std::fs::symlink_metadata(switch_sock)
+                        .map_err(unix_err)?
+                        .ino()
+                };
                 let sock = tokio::net::UnixDatagram::from_std(std_sock).map_err(unix_err)?;
                 (
                     PortIo::Unix {
                         sock: Arc::new(sock),
                         sender,
+                        switch_ino,
                         switch_sock: switch_sock.clone(),
                         vm_sock: vm_sock.clone(),
                     },
@@ -756,7 +765,7 @@ impl Overlay {
                     .collect();
                 enclaves.sort_unstable();
                 PeerStatus {
-                    name: p.name.clone(),
+                    name: p.name(),
                     public_key: p.public_key,
                     endpoint: p.endpoint(),
                     tunnel_address: p.tunnel_addr(),

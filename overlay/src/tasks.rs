@@ -107,7 +107,10 @@ pub(crate) async fn receive_loop(node: Arc<Node>, underlay: Arc<Underlay>) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
+                    // Transient (e.g. an ICMP error reported once); pause so
+                    // that a persistent one cannot spin the loop.
                     tracing::debug!("underlay receive: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     break;
                 }
             };

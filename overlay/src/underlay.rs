@@ -228,7 +228,8 @@ pub(crate) struct Outbox {
 impl Default for Outbox {
     fn default() -> Self {
         Outbox {
-            buf: vec![0; 256 * 1024],
+            // Grows on demand (a flood of 64 KB TSO frames to many peers).
+            buf: vec![0; 128 * 1024],
             used: 0,
             entries: Vec::new(),
         }

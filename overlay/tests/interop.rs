@@ -151,11 +151,14 @@ address = "198.19.42.1/24"
     let gw = status.peer(&gw_key.public_key()).unwrap();
     assert!(gw.last_handshake_secs.is_some());
     assert!(gw.rx_frames >= 3 && gw.tx_frames >= 3, "{gw:?}");
-    // Frames the TAP flooded before the gateway first made contact had
-    // nowhere to go (the node does not know the gateway's address); nothing
-    // else may be dropped.
+    // During setup two things are expected: frames the TAP flooded before
+    // the gateway first made contact had nowhere to go (the node does not
+    // know its address yet), and the gateway's kernel may answer VXLAN that
+    // arrives before its VXLAN device exists with an ICMP error (not VXLAN).
+    // Nothing else may be dropped.
     let mut drops = data_drops(&status);
     drops.remove("peer_endpoint_unknown");
+    drops.remove("inner_not_vxlan");
     assert!(drops.is_empty(), "{:?}", status.drops);
     assert!(status.render().contains("gw"));
     drop(cleanup);

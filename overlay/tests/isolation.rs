@@ -121,8 +121,12 @@ fn enclaves_with_overlapping_addresses_and_identical_macs_stay_isolated() {
         s.join().unwrap();
     }
     for n in &nodes {
+        // Frames that arrived while a TAP was moving into its guest (link
+        // down) are the only acceptable drops.
         let s = n.status();
-        assert!(data_drops(&s).is_empty(), "{:?}", s.drops);
+        let mut drops = data_drops(&s);
+        drops.remove("port_down");
+        assert!(drops.is_empty(), "{:?}", s.drops);
     }
 }
 

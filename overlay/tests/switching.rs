@@ -376,6 +376,22 @@ fn a_unix_port_carries_frames_between_a_vm_socket_and_the_enclave() {
     stranger.send_to(&out, &switch_sock).unwrap();
     assert!(wait_for(|| n[0].drops(DropReason::ForeignSender) == 1));
     expect_nothing(&a2);
+    // The port can be replaced at once (a restarted VM): the old port's
+    // cleanup must not remove the new socket.
+    n[0].overlay.remove_port("vm0").unwrap();
+    n[0].overlay
+        .add_port(PortConfig::unix(
+            "vm0",
+            1,
+            &switch_sock,
+            &vm_sock,
+            mac(0xa1),
+        ))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(switch_sock.exists());
+    vm.send_to(&out, &switch_sock).unwrap();
+    expect_frame(&a2, &out);
 }
 
 fn wait_for(mut f: impl FnMut() -> bool) -> bool {
