@@ -30,10 +30,11 @@ pub fn ping_once(site: &SiteHandle, dst: Ipv4Addr) -> bool {
         .unwrap_or(false)
 }
 
-/// `count` pings 10 ms apart.
-pub fn ping(site: &SiteHandle, dst: Ipv4Addr, count: u32) -> anyhow::Result<PingStats> {
+/// `count` pings 10 ms apart, at scheduling priority `nice`.
+pub fn ping(site: &SiteHandle, dst: Ipv4Addr, count: u32, nice: i32) -> anyhow::Result<PingStats> {
     let out = site
-        .command("ping")
+        .command("nice")
+        .args(["-n", &nice.to_string(), "ping"])
         .args(["-n", "-c", &count.to_string(), "-i", "0.01", "-W", "1"])
         .arg(dst.to_string())
         .output()
@@ -62,9 +63,10 @@ pub struct IperfServer(Child);
 
 impl IperfServer {
     /// Starts `iperf3 -s` bound to `addr` inside `site` and waits until it listens.
-    pub fn start(site: &SiteHandle, addr: Ipv4Addr) -> anyhow::Result<IperfServer> {
+    pub fn start(site: &SiteHandle, addr: Ipv4Addr, nice: i32) -> anyhow::Result<IperfServer> {
         let child = site
-            .command("iperf3")
+            .command("nice")
+            .args(["-n", &nice.to_string(), "iperf3"])
             .args(["-s", "-B", &addr.to_string(), "-p", "5201"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -100,27 +102,19 @@ pub struct IperfResult {
     pub retransmits: u64,
 }
 
-/// `iperf3 -c dst -B src -t secs -P streams` from `site`.
+/// `iperf3 -c dst -B src -t secs -P streams` from `site` at priority `nice`.
 pub fn iperf(
     site: &SiteHandle,
     src: Ipv4Addr,
     dst: Ipv4Addr,
     secs: u32,
     streams: u32,
+    nice: i32,
 ) -> anyhow::Result<IperfResult> {
     let out = site
-        .command("timeout")
-        .arg((secs + 20).to_string())
-        .args([
-            "ip",
-            "netns",
-            "exec",
-            site.ns().name(),
-            "iperf3",
-            "-J",
-            "-p",
-            "5201",
-        ])
+        .command("nice")
+        .args(["-n", &nice.to_string(), "timeout", &(secs + 20).to_string()])
+        .args(["iperf3", "-J", "-p", "5201"])
         .args(["-c", &dst.to_string(), "-B", &src.to_string()])
         .args(["-t", &secs.to_string(), "-P", &streams.to_string()])
         .output()

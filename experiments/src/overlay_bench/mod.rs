@@ -46,6 +46,11 @@ pub struct BenchArgs {
     /// Worker threads of each slicenet daemon.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Scheduling priority for every measured process (tunnel daemons,
+    /// iperf3, ping) of every system, e.g. -10 on a busy shared machine;
+    /// passed to peerbench as NICE so all systems get the same.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub nice: i32,
     /// Print the results as JSON as well.
     #[arg(long)]
     pub json: bool,
@@ -85,13 +90,7 @@ pub fn run(args: &BenchArgs, self_exe: &Path) -> anyhow::Result<()> {
             args.peers,
             script.display()
         );
-        let rows = peers::run_peerbench(
-            &script,
-            &args.peers,
-            args.duration,
-            args.parallel,
-            args.pings,
-        )?;
+        let rows = peers::run_peerbench(&script, &args.peers, args, args.nice)?;
         results.extend(peers::to_results(&rows, args.parallel, args.duration));
     }
     eprintln!("overlay_bench: measuring slicenet");
@@ -185,7 +184,9 @@ fn measure_slicenet(args: &BenchArgs, self_exe: &Path) -> anyhow::Result<SystemR
     for (i, cfg) in configs.iter().enumerate() {
         let child = bed
             .site(i + 1)
-            .command(&self_exe.to_string_lossy())
+            .command("nice")
+            .args(["-n", &args.nice.to_string()])
+            .arg(self_exe)
             .args(["daemon", "--threads", &args.threads.to_string(), "--config"])
             .arg(cfg)
             .stdout(Stdio::null())
@@ -196,25 +197,26 @@ fn measure_slicenet(args: &BenchArgs, self_exe: &Path) -> anyhow::Result<SystemR
     }
     let (src, dst) = (tap_addr(1), tap_addr(2));
     let deadline = Instant::now() + Duration::from_secs(15);
+    let nice = args.nice;
     while !measure::ping_once(bed.site(1), dst) {
         if Instant::now() > deadline {
             bail!("the slicenet enclave did not come up within 15 s");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    // `ip netns exec` leaves the daemon as a direct child: its pid is ours.
+    // `ip netns exec` and `nice` exec the daemon: the child's pid is the daemon's.
     let pids: Vec<u32> = daemons.0.iter().map(Child::id).collect();
-    let ping = measure::ping(bed.site(1), dst, args.pings)?;
+    let ping = measure::ping(bed.site(1), dst, args.pings, nice)?;
     eprintln!(
         "overlay_bench: slicenet RTT avg {:.3} ms, p99 {:.3} ms",
         ping.avg_ms, ping.p99_ms
     );
-    let _server = measure::IperfServer::start(bed.site(2), dst)?;
+    let _server = measure::IperfServer::start(bed.site(2), dst, nice)?;
     let mut runs = Vec::new();
     for streams in [1, args.parallel] {
         std::thread::sleep(Duration::from_secs(1));
         let before = measure::cpu_seconds(&pids);
-        let r = measure::iperf(bed.site(1), src, dst, args.duration, streams)?;
+        let r = measure::iperf(bed.site(1), src, dst, args.duration, streams, nice)?;
         let cpu = measure::cpu_seconds(&pids) - before;
         eprintln!(
             "overlay_bench: slicenet {} stream(s): {:.2} Gbit/s, daemons {:.2} CPU s",
@@ -253,8 +255,8 @@ fn print_table(results: &[SystemResult], args: &BenchArgs) {
     let n = args.parallel;
     println!();
     println!(
-        "overlay_bench: two namespaced sites on a veth; iperf3 {} s, ping {} x 10 ms; CPU = tunnel daemons",
-        args.duration, args.pings
+        "overlay_bench: two namespaced sites on a veth; iperf3 {} s, ping {} x 10 ms; CPU = tunnel daemons; nice {}",
+        args.duration, args.pings, args.nice
     );
     println!(
         "{:<34} {:>10} {:>10} {:>9} {:>9} {:>12} {:>12}",

@@ -30,10 +30,10 @@ pub struct PeerRow {
 pub fn run_peerbench(
     script: &Path,
     tests: &str,
-    duration: u32,
-    parallel: u32,
-    pings: u32,
+    args: &super::BenchArgs,
+    nice: i32,
 ) -> anyhow::Result<Vec<PeerRow>> {
+    let (duration, parallel, pings) = (args.duration, args.parallel, args.pings);
     if !script.exists() {
         bail!(
             "peer benchmark script {} not found; pass --peerbench PATH (or SLICENET_PEERBENCH), or --no-peers",
@@ -48,6 +48,7 @@ pub fn run_peerbench(
         .env("PAR", parallel.to_string())
         .env("PINGS", pings.to_string())
         .env("OUTROOT", out_root.path())
+        .env("NICE", nice.to_string())
         .status()
         .with_context(|| format!("running {}", script.display()))?;
     if !status.success() {
