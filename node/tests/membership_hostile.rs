@@ -49,6 +49,14 @@ fn record(id: &NodeIdentity, seq: u64, timestamp_ms: u64, wg: u8) -> Vec<u8> {
     .to_vec()
 }
 
+async fn read_framed<T: futures::AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let mut b = vec![0u8; (u32::from_be_bytes(len) as usize).min(1 << 24)];
+    io.read_exact(&mut b).await?;
+    Ok(b)
+}
+
 /// Raw-bytes codec for the sync protocol, as an attacker would write it.
 #[derive(Clone, Default)]
 struct RawCodec;
@@ -62,18 +70,14 @@ impl request_response::Codec for RawCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> std::io::Result<Vec<u8>> {
-        let mut b = Vec::new();
-        io.read_to_end(&mut b).await?;
-        Ok(b)
+        read_framed(io).await
     }
     async fn read_response<T: futures::AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
     ) -> std::io::Result<Vec<u8>> {
-        let mut b = Vec::new();
-        io.take(1 << 24).read_to_end(&mut b).await?;
-        Ok(b)
+        read_framed(io).await
     }
     async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
         &mut self,
@@ -81,6 +85,7 @@ impl request_response::Codec for RawCodec {
         io: &mut T,
         req: Vec<u8>,
     ) -> std::io::Result<()> {
+        io.write_all(&(req.len() as u32).to_be_bytes()).await?;
         io.write_all(&req).await?;
         io.close().await
     }
@@ -90,6 +95,7 @@ impl request_response::Codec for RawCodec {
         io: &mut T,
         res: Vec<u8>,
     ) -> std::io::Result<()> {
+        io.write_all(&(res.len() as u32).to_be_bytes()).await?;
         io.write_all(&res).await?;
         io.close().await
     }

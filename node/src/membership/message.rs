@@ -12,6 +12,8 @@
 //! SYNC_RESPONSE 0x04 | own_len u16 | own record | count u16 | count x (len u16 | node record)
 //! ```
 //!
+//! On a sync stream each message is preceded by its length (u32 big-endian).
+//!
 //! Parsing borrows from the input and checks every length before use, so a
 //! malformed message is a typed error, never a panic or a large allocation.
 
