@@ -361,6 +361,16 @@ async fn kill_nine_mid_write_loses_nothing_acknowledged() {
         slices.len(),
         "every committed creation is audited, nothing else"
     );
+    let drifted: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM nodes n WHERE used_vcpus != (SELECT COALESCE(SUM(vcpus), 0) FROM slivers WHERE node_id = n.id) OR used_memory_mib != (SELECT COALESCE(SUM(memory_mib), 0) FROM slivers WHERE node_id = n.id) OR sliver_count != (SELECT COUNT(*) FROM slivers WHERE node_id = n.id)",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        drifted, 0,
+        "every node's usage equals its slivers' reservations"
+    );
     // And it keeps working.
     admin.delete_slice(&slices[0].name).await.unwrap();
     child.kill().unwrap();

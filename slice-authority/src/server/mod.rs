@@ -8,6 +8,7 @@
 //! and delivers tickets, [`store`] holds the SQL they share.
 
 mod authn;
+mod capacity;
 mod enclaves;
 mod error;
 mod nodes;
@@ -34,7 +35,9 @@ use tokio::sync::{watch, Mutex, OwnedMutexGuard};
 
 use crate::config::{Config, ConfigError};
 use crate::keys::{self, KeyError, PublicKey};
+use crate::placement::NodeView;
 pub use authn::Caller;
+use capacity::CapacityIndex;
 pub use error::{ApiError, ApiResult};
 
 /// File names inside the data directory.
@@ -99,7 +102,7 @@ pub(crate) struct Inner {
     pub config: Config,
     pub key: SigningKey,
     pub public_key: PublicKey,
-    write_lock: Arc<Mutex<()>>,
+    write_lock: Arc<Mutex<Writer>>,
     /// Nonces of mutations within the skew window: (key, nonce) -> expiry.
     nonces: std::sync::Mutex<HashMap<(String, String), i64>>,
     watchers: std::sync::Mutex<HashMap<i64, watch::Sender<u64>>>,
@@ -108,12 +111,22 @@ pub(crate) struct Inner {
 
 pub(crate) type AppState = Arc<Inner>;
 
+/// What only the holder of the writer lock touches.
+pub(crate) struct Writer {
+    /// Free capacity of every node as of the last commit (None: read it
+    /// again at the next placement).
+    capacity: Option<CapacityIndex>,
+    /// The index absorbed rows inside a transaction that has not committed
+    /// yet; if that transaction rolls back, the next one starts afresh.
+    unconfirmed: bool,
+}
+
 /// A write transaction: the process-wide writer lock (fair queueing instead
 /// of SQLite's busy polling) plus `BEGIN IMMEDIATE`, so every read inside
 /// sees the state no other writer can change before commit. Placement runs
 /// inside one, which is why concurrent requests never over-commit a node.
 pub(crate) struct WriteTx {
-    _guard: OwnedMutexGuard<()>,
+    writer: OwnedMutexGuard<Writer>,
     pub tx: Transaction<'static, Sqlite>,
     notify: BTreeSet<i64>,
 }
@@ -124,12 +137,56 @@ impl WriteTx {
         self.notify.insert(node_id);
     }
 
-    /// Commits and wakes the long polls of the nodes whose tickets changed.
+    /// Every node with its free capacity and state at `now`, as this
+    /// transaction sees the registry: the capacity index, refreshed with
+    /// the rows changed since it was last read (none, normally, because
+    /// every commit refreshes it).
+    pub async fn node_views(&mut self, now: i64, liveness_secs: u64) -> ApiResult<&[NodeView]> {
+        let writer = &mut *self.writer;
+        match writer.capacity.as_mut() {
+            Some(index) => {
+                let rows = CapacityIndex::changes_since(&mut self.tx, index.rev()).await?;
+                if !rows.is_empty() {
+                    writer.unconfirmed = true;
+                    index.apply(rows);
+                }
+            }
+            None => {
+                writer.unconfirmed = true;
+                writer.capacity = Some(CapacityIndex::load(&mut self.tx).await?);
+            }
+        }
+        let index = writer
+            .capacity
+            .as_mut()
+            .expect("capacity index loaded above");
+        Ok(index.views(now, liveness_secs))
+    }
+
+    /// Commits, brings the capacity index up to date with what committed,
+    /// and wakes the long polls of the nodes whose tickets changed.
     pub async fn commit(self, state: &Inner) -> ApiResult<()> {
         let WriteTx {
-            _guard, tx, notify, ..
+            mut writer,
+            mut tx,
+            notify,
         } = self;
-        tx.commit().await?;
+        let writer_state = &mut *writer;
+        if let Some(index) = writer_state.capacity.as_mut() {
+            let rows = CapacityIndex::changes_since(&mut tx, index.rev()).await?;
+            if !rows.is_empty() {
+                writer_state.unconfirmed = true;
+                index.apply(rows);
+            }
+        }
+        if let Err(e) = tx.commit().await {
+            // Whether anything committed is unknown: read it all again.
+            writer.capacity = None;
+            writer.unconfirmed = false;
+            return Err(e.into());
+        }
+        writer.unconfirmed = false;
+        drop(writer);
         state.wake(&notify);
         Ok(())
     }
@@ -138,7 +195,11 @@ impl WriteTx {
 impl Inner {
     /// Begins a write transaction.
     pub async fn write(&self) -> ApiResult<WriteTx> {
-        let guard = self.write_lock.clone().lock_owned().await;
+        let mut writer = self.write_lock.clone().lock_owned().await;
+        if writer.unconfirmed {
+            writer.capacity = None;
+            writer.unconfirmed = false;
+        }
         let mut tx = self.db.begin_with("BEGIN IMMEDIATE").await?;
         if let Ok(n) = authn::CURRENT_NONCE.try_with(|n| n.clone()) {
             sqlx::query("INSERT INTO request_nonces (public_key, nonce, expires_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
@@ -149,7 +210,7 @@ impl Inner {
                 .await?;
         }
         Ok(WriteTx {
-            _guard: guard,
+            writer,
             tx,
             notify: BTreeSet::new(),
         })
@@ -233,13 +294,17 @@ impl Authority {
         }
         let db_path = data_dir.join(files::DATABASE);
         let db = open_database(&db_path, &config).await?;
+        let capacity = load_capacity(&db, &db_path).await?;
         let db_pool_for_nonces = db.clone();
         let state = Arc::new(Inner {
             db,
             config,
             key,
             public_key,
-            write_lock: Arc::new(Mutex::new(())),
+            write_lock: Arc::new(Mutex::new(Writer {
+                capacity: Some(capacity),
+                unconfirmed: false,
+            })),
             nonces: std::sync::Mutex::new(load_nonces(&db_pool_for_nonces).await?),
             watchers: std::sync::Mutex::new(HashMap::new()),
             _lock_file: lock_file,
@@ -367,6 +432,21 @@ async fn open_database(path: &Path, config: &Config) -> Result<SqlitePool, OpenE
         .await
         .map_err(|e| db_err(format!("migration failed: {e}")))?;
     Ok(pool)
+}
+
+/// The capacity index, read at startup (in one read transaction, so the
+/// revision matches the rows).
+async fn load_capacity(db: &SqlitePool, path: &Path) -> Result<CapacityIndex, OpenError> {
+    let db_err = |reason: String| OpenError::Database {
+        path: path.display().to_string(),
+        reason: format!("reading node capacity: {reason}"),
+    };
+    let mut tx = db.begin().await.map_err(|e| db_err(e.to_string()))?;
+    let index = CapacityIndex::load(&mut tx)
+        .await
+        .map_err(|e| db_err(e.message))?;
+    tx.rollback().await.map_err(|e| db_err(e.to_string()))?;
+    Ok(index)
 }
 
 /// Nonces of mutations that committed and are still within the skew window.

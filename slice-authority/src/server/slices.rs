@@ -16,8 +16,8 @@ use crate::api::{
     AddSlivers, Done, MemberChange, NewSlice, PlacementReply, PlacementRequest, PlannedSliver,
     RenewReply, RenewRequest, Slice, SliceSummary,
 };
-use crate::model::{names, Appliance};
-use crate::placement::{self, Assignment, NodeView, PlacementFailure};
+use crate::model::{names, Appliance, Resources};
+use crate::placement::{self, PlacementFailure};
 
 /// `GET /v1/slices`.
 pub async fn list(
@@ -109,70 +109,82 @@ pub fn human_duration(secs: u64) -> String {
     }
 }
 
+/// A sliver placement chose a node for.
+struct Planned {
+    node_id: i64,
+    resources: Resources,
+    /// What the reply shows.
+    shown: PlannedSliver,
+}
+
 /// Runs placement against the registry as this transaction sees it.
 async fn plan(
     state: &Inner,
     w: &mut WriteTx,
     req: &PlacementRequest,
     slice_id: Option<i64>,
-) -> ApiResult<(Vec<NodeView>, Vec<Assignment>)> {
+) -> ApiResult<Vec<Planned>> {
     if let Some(a) = &req.appliance {
         a.validate().map_err(ApiError::bad_request)?;
     }
-    let now = crate::auth::now_secs();
-    let nodes = store::node_views(&mut w.tx, now, state.config.node_liveness_secs).await?;
-    let occupied: HashSet<usize> = match slice_id {
+    let used: HashSet<i64> = match slice_id {
         None => HashSet::new(),
-        Some(id) => {
-            let used: HashSet<i64> =
-                sqlx::query_scalar("SELECT node_id FROM slivers WHERE slice_id = ?")
-                    .bind(id)
-                    .fetch_all(&mut *w.tx)
-                    .await?
-                    .into_iter()
-                    .collect();
-            (0..nodes.len())
-                .filter(|&i| used.contains(&nodes[i].id))
-                .collect()
-        }
+        Some(id) => sqlx::query_scalar("SELECT node_id FROM slivers WHERE slice_id = ?")
+            .bind(id)
+            .fetch_all(&mut *w.tx)
+            .await?
+            .into_iter()
+            .collect(),
     };
-    let assignments = placement::place(req, &nodes, &occupied).map_err(placement_error)?;
-    Ok((nodes, assignments))
-}
-
-fn planned(nodes: &[NodeView], assignments: &[Assignment]) -> Vec<PlannedSliver> {
-    assignments
+    let now = crate::auth::now_secs();
+    let nodes = w.node_views(now, state.config.node_liveness_secs).await?;
+    let occupied: HashSet<usize> = if used.is_empty() {
+        HashSet::new()
+    } else {
+        (0..nodes.len())
+            .filter(|&i| used.contains(&nodes[i].id))
+            .collect()
+    };
+    let assignments = placement::place(req, nodes, &occupied).map_err(placement_error)?;
+    Ok(assignments
         .iter()
         .map(|a| {
             let n = &nodes[a.node];
-            PlannedSliver {
-                node: n.name.clone(),
-                site: n.site.clone(),
-                region: n.region.clone(),
-                country: n.country.clone(),
+            Planned {
+                node_id: n.id,
                 resources: a.resources,
-                group: a.group,
+                shown: PlannedSliver {
+                    node: n.name.clone(),
+                    site: n.site.clone(),
+                    region: n.region.clone(),
+                    country: n.country.clone(),
+                    resources: a.resources,
+                    group: a.group,
+                },
             }
         })
-        .collect()
+        .collect())
+}
+
+fn shown(planned: &[Planned]) -> Vec<PlannedSliver> {
+    planned.iter().map(|p| p.shown.clone()).collect()
 }
 
 async fn insert_slivers(
     w: &mut WriteTx,
     slice_id: i64,
-    nodes: &[NodeView],
-    assignments: &[Assignment],
+    planned: &[Planned],
     appliance: &Appliance,
 ) -> ApiResult<Vec<i64>> {
     let now = crate::auth::now_secs();
-    let mut ids = Vec::with_capacity(assignments.len());
-    for a in assignments {
-        let r = a.resources;
+    let mut ids = Vec::with_capacity(planned.len());
+    for p in planned {
+        let r = p.resources;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO slivers (slice_id, node_id, vcpus, memory_mib, disk_gib, bandwidth_mbps, appliance_name, appliance_hash, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(slice_id)
-        .bind(nodes[a.node].id)
+        .bind(p.node_id)
         .bind(r.vcpus as i64)
         .bind(r.memory_mib as i64)
         .bind(r.disk_gib as i64)
@@ -225,11 +237,11 @@ pub async fn create(
         )));
     }
     let members = store::principal_ids(&mut w.tx, &req.members).await?;
-    let (nodes, assignments) = match &req.placement {
+    let planned = match &req.placement {
         Some(pr) => plan(&state, &mut w, pr, None).await?,
-        None => (vec![], vec![]),
+        None => vec![],
     };
-    let placement = planned(&nodes, &assignments);
+    let placement = shown(&planned);
     if req.dry_run {
         return Ok((
             StatusCode::OK,
@@ -266,7 +278,7 @@ pub async fn create(
         .as_ref()
         .and_then(|p| p.appliance.clone())
         .unwrap_or_default();
-    let ids = insert_slivers(&mut w, slice_id, &nodes, &assignments, &appliance).await?;
+    let ids = insert_slivers(&mut w, slice_id, &planned, &appliance).await?;
     tickets::reissue(&state, &mut w, &ids).await?;
     store::audit(
         &mut w.tx,
@@ -466,8 +478,8 @@ pub async fn add_slivers(
     let mut w = state.write().await?;
     let row = store::slice_by_name(&mut w.tx, &slice).await?;
     store::require_slice_access(&mut w.tx, p, &row, SliceAccess::Member, "add slivers").await?;
-    let (nodes, assignments) = plan(&state, &mut w, &req.placement, Some(row.id)).await?;
-    let placement = planned(&nodes, &assignments);
+    let planned = plan(&state, &mut w, &req.placement, Some(row.id)).await?;
+    let placement = shown(&planned);
     if req.dry_run {
         return Ok((
             StatusCode::OK,
@@ -481,7 +493,7 @@ pub async fn add_slivers(
         ));
     }
     let appliance = req.placement.appliance.clone().unwrap_or_default();
-    let ids = insert_slivers(&mut w, row.id, &nodes, &assignments, &appliance).await?;
+    let ids = insert_slivers(&mut w, row.id, &planned, &appliance).await?;
     tickets::reissue(&state, &mut w, &ids).await?;
     store::audit(
         &mut w.tx,

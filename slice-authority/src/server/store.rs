@@ -1,6 +1,6 @@
 //! SQL shared by the handlers: lookups that turn names into rows (with
-//! 404s that say where to look), the JSON views of nodes and slices, the
-//! capacity snapshot placement works on, counters and the audit log.
+//! 404s that say where to look), the JSON views of nodes and slices,
+//! counters and the audit log.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -12,7 +12,6 @@ use super::error::{ApiError, ApiResult};
 use crate::api::{self, NodeState, SliverState};
 use crate::keys::PublicKey;
 use crate::model::{Appliance, Resources};
-use crate::placement::NodeView;
 
 /// A write transaction.
 pub type Tx = Transaction<'static, Sqlite>;
@@ -66,8 +65,6 @@ pub struct NodeRow {
     pub site: String,
     pub region: String,
     pub country: String,
-    pub latitude: f64,
-    pub longitude: f64,
     pub public_key: String,
     pub vcpus: i64,
     pub memory_mib: i64,
@@ -88,14 +85,12 @@ pub struct NodeRow {
 macro_rules! node_select {
     ($tail:literal) => {
         concat!(
-            "SELECT n.id, n.name, n.site_id, s.name AS site, s.region, s.country, s.latitude, s.longitude, ",
+            "SELECT n.id, n.name, n.site_id, s.name AS site, s.region, s.country, ",
             "n.public_key, n.vcpus, n.memory_mib, n.disk_gib, n.bandwidth_mbps, n.state, n.wg_public_key, ",
             "n.tunnel_address, n.endpoint, n.last_seen, ",
-            "COALESCE(SUM(v.vcpus), 0) AS used_vcpus, COALESCE(SUM(v.memory_mib), 0) AS used_memory_mib, ",
-            "COALESCE(SUM(v.disk_gib), 0) AS used_disk_gib, COALESCE(SUM(v.bandwidth_mbps), 0) AS used_bandwidth_mbps, ",
-            "COUNT(v.id) AS sliver_count ",
+            // Kept by triggers on slivers (migration 0002).
+            "n.used_vcpus, n.used_memory_mib, n.used_disk_gib, n.used_bandwidth_mbps, n.sliver_count ",
             "FROM nodes n JOIN sites s ON s.id = n.site_id ",
-            "LEFT JOIN slivers v ON v.node_id = n.id ",
             $tail
         )
     };
@@ -103,23 +98,22 @@ macro_rules! node_select {
 
 /// Every node, by name.
 pub async fn all_nodes(c: &mut SqliteConnection) -> ApiResult<Vec<NodeRow>> {
-    Ok(
-        sqlx::query_as(node_select!("GROUP BY n.id ORDER BY n.name"))
-            .fetch_all(c)
-            .await?,
-    )
+    Ok(sqlx::query_as(node_select!("ORDER BY n.name"))
+        .fetch_all(c)
+        .await?)
 }
 
 /// One node by name, or 404.
 pub async fn node_by_name(c: &mut SqliteConnection, name: &str) -> ApiResult<NodeRow> {
-    sqlx::query_as(node_select!("WHERE n.name = ? GROUP BY n.id"))
+    sqlx::query_as(node_select!("WHERE n.name = ?"))
         .bind(name)
         .fetch_optional(c)
         .await?
         .ok_or_else(|| ApiError::not_found("node", name, "`slicenet node list` shows the nodes"))
 }
 
-fn res(vcpus: i64, memory_mib: i64, disk_gib: i64, bandwidth_mbps: i64) -> Resources {
+/// Resources from registry columns (negative values read as 0).
+pub fn resources(vcpus: i64, memory_mib: i64, disk_gib: i64, bandwidth_mbps: i64) -> Resources {
     Resources {
         vcpus: vcpus.max(0) as u32,
         memory_mib: memory_mib.max(0) as u64,
@@ -128,10 +122,21 @@ fn res(vcpus: i64, memory_mib: i64, disk_gib: i64, bandwidth_mbps: i64) -> Resou
     }
 }
 
+/// A node's state at `now`: the stored state ("new", "up", "disabled")
+/// with liveness applied ("up" but not heard from in time is down).
+pub fn node_state(stored: &str, last_seen: Option<i64>, now: i64, liveness_secs: u64) -> NodeState {
+    match stored {
+        "disabled" => NodeState::Disabled,
+        "up" if last_seen.unwrap_or(0) + (liveness_secs as i64) < now => NodeState::Down,
+        "up" => NodeState::Up,
+        _ => NodeState::New,
+    }
+}
+
 impl NodeRow {
     /// Capacity.
     pub fn capacity(&self) -> Resources {
-        res(
+        resources(
             self.vcpus,
             self.memory_mib,
             self.disk_gib,
@@ -141,7 +146,7 @@ impl NodeRow {
 
     /// Sum of the slivers' reservations.
     pub fn allocated(&self) -> Resources {
-        res(
+        resources(
             self.used_vcpus,
             self.used_memory_mib,
             self.used_disk_gib,
@@ -151,12 +156,7 @@ impl NodeRow {
 
     /// State with liveness applied.
     pub fn state(&self, now: i64, liveness_secs: u64) -> NodeState {
-        match self.state.as_str() {
-            "disabled" => NodeState::Disabled,
-            "up" if self.last_seen.unwrap_or(0) + (liveness_secs as i64) < now => NodeState::Down,
-            "up" => NodeState::Up,
-            _ => NodeState::New,
-        }
+        node_state(&self.state, self.last_seen, now, liveness_secs)
     }
 
     /// The API view.
@@ -178,21 +178,6 @@ impl NodeRow {
                 .as_deref()
                 .and_then(|a| a.parse::<SocketAddr>().ok()),
             last_seen: self.last_seen,
-        }
-    }
-
-    /// The placement view.
-    pub fn to_view(&self, now: i64, liveness_secs: u64) -> NodeView {
-        NodeView {
-            id: self.id,
-            name: self.name.clone(),
-            site: self.site.clone(),
-            region: self.region.clone(),
-            country: self.country.clone(),
-            latitude: self.latitude,
-            longitude: self.longitude,
-            free: self.capacity().minus(&self.allocated()),
-            state: self.state(now, liveness_secs),
         }
     }
 }
@@ -299,19 +284,6 @@ pub async fn require_slice_access(
     )))
 }
 
-/// The placement snapshot: every node with free capacity and state.
-pub async fn node_views(
-    c: &mut SqliteConnection,
-    now: i64,
-    liveness_secs: u64,
-) -> ApiResult<Vec<NodeView>> {
-    Ok(all_nodes(c)
-        .await?
-        .iter()
-        .map(|n| n.to_view(now, liveness_secs))
-        .collect())
-}
-
 /// Slivers that share an enclave with any of `slivers` (themselves included).
 pub async fn co_members(c: &mut SqliteConnection, slivers: &[i64]) -> ApiResult<Vec<i64>> {
     if slivers.is_empty() {
@@ -397,7 +369,7 @@ pub async fn slice_json(c: &mut SqliteConnection, row: &SliceRow) -> ApiResult<a
                 slice: row.name.clone(),
                 node: v.node,
                 site: v.site,
-                resources: res(v.vcpus, v.memory_mib, v.disk_gib, v.bandwidth_mbps),
+                resources: resources(v.vcpus, v.memory_mib, v.disk_gib, v.bandwidth_mbps),
                 appliance: Appliance {
                     name: v.appliance_name,
                     hash: v.appliance_hash,
