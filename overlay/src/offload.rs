@@ -232,6 +232,18 @@ fn same_headers(a: &[u8], b: &[u8], lay: &TcpLayout) -> bool {
         && a[l4 + 18..end] == b[l4 + 18..end]
 }
 
+/// True when `a` (laid out as `la`) and `b` (as `lb`) are segments of the
+/// same TCP connection direction: same MACs, IP addresses and ports.
+fn same_flow(a: &[u8], la: &TcpLayout, b: &[u8], lb: &TcpLayout) -> bool {
+    if la.v6 != lb.v6 || la.l3 != lb.l3 || a.len() < la.payload || b.len() < lb.payload {
+        return false;
+    }
+    let addrs = if la.v6 { 8..40 } else { 12..20 };
+    a[..la.l3] == b[..lb.l3]
+        && a[la.l3 + addrs.start..la.l3 + addrs.end] == b[lb.l3 + addrs.start..lb.l3 + addrs.end]
+        && a[la.l4..la.l4 + 4] == b[lb.l4..lb.l4 + 4]
+}
+
 /// True when `frame` is a plain data segment we may merge (ACK, maybe PSH).
 fn mergeable(frame: &[u8]) -> Option<TcpLayout> {
     let lay = tcp_layout(frame).ok()?;
@@ -261,26 +273,31 @@ const ZERO_VNET: [u8; vnet::HEADER_LEN] = [0; vnet::HEADER_LEN];
 
 impl Coalescer {
     /// Queues `frame` for `port`, merging it into an open flow when
-    /// possible. Frames that cannot be merged go to `sink` at once.
+    /// possible. Frames that cannot be merged go to `sink` at once — after
+    /// whatever of their own flow is still open, so a flow is never
+    /// reordered (reordering makes TCP retransmit and slow down).
     pub(crate) fn push(&mut self, port: &Arc<Port>, frame: &[u8], sink: &mut Sink<'_>) {
-        let Some(lay) = mergeable(frame) else {
-            sink(port, &[&ZERO_VNET, frame], 1);
-            return;
-        };
-        let seq = tcp::Segment::new_unchecked(&frame[lay.l4..]).seq();
-        let flags = tcp::Segment::new_unchecked(&frame[lay.l4..]).flags();
-        let payload_len = frame.len() - lay.payload;
-        let found = self.pending.iter().position(|p| {
-            p.port.id == port.id
-                && p.lay.l3 == lay.l3
-                && p.lay.payload == lay.payload
-                && p.lay.v6 == lay.v6
-                && same_headers(&p.buf[vnet::HEADER_LEN..], frame, &lay)
+        let layout = tcp_layout(frame).ok();
+        let open = layout.and_then(|lay| {
+            self.pending.iter().position(|p| {
+                p.port.id == port.id && same_flow(&p.buf[vnet::HEADER_LEN..], &p.lay, frame, &lay)
+            })
         });
-        if let Some(i) = found {
+        let merge = mergeable(frame);
+        if let (Some(i), Some(lay)) = (open, merge) {
+            let seq = tcp::Segment::new_unchecked(&frame[lay.l4..]).seq();
+            let flags = tcp::Segment::new_unchecked(&frame[lay.l4..]).flags();
+            let payload_len = frame.len() - lay.payload;
             let p = &mut self.pending[i];
             let fits = p.buf.len() - vnet::HEADER_LEN + payload_len <= MAX_COALESCED;
-            if !p.closed && seq == p.next_seq && payload_len <= p.seg_size && fits {
+            if !p.closed
+                && seq == p.next_seq
+                && payload_len <= p.seg_size
+                && fits
+                && p.lay.l4 == lay.l4
+                && p.lay.payload == lay.payload
+                && same_headers(&p.buf[vnet::HEADER_LEN..], frame, &lay)
+            {
                 p.buf.extend_from_slice(&frame[lay.payload..]);
                 p.segs += 1;
                 p.next_seq = seq.wrapping_add(payload_len as u32);
@@ -294,13 +311,22 @@ impl Coalescer {
                 }
                 return;
             }
+        }
+        if let Some(i) = open {
             let p = self.pending.remove(i);
             self.finish(p, sink);
         }
+        let Some(lay) = merge else {
+            sink(port, &[&ZERO_VNET, frame], 1);
+            return;
+        };
         if self.pending.len() >= MAX_FLOWS {
             let p = self.pending.remove(0);
             self.finish(p, sink);
         }
+        let seq = tcp::Segment::new_unchecked(&frame[lay.l4..]).seq();
+        let flags = tcp::Segment::new_unchecked(&frame[lay.l4..]).flags();
+        let payload_len = frame.len() - lay.payload;
         let mut buf = self.spare.pop().unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(&ZERO_VNET);
@@ -316,9 +342,10 @@ impl Coalescer {
         });
     }
 
-    /// Writes every open flow out.
+    /// Writes every open flow out, oldest first.
     pub(crate) fn flush(&mut self, sink: &mut Sink<'_>) {
-        while let Some(p) = self.pending.pop() {
+        let pending = std::mem::take(&mut self.pending);
+        for p in pending {
             self.finish(p, sink);
         }
     }
@@ -605,6 +632,41 @@ mod tests {
             verify_tcp_checksum(frame),
             "a complete checksum, no offload needed"
         );
+    }
+
+    #[test]
+    fn a_flow_is_never_reordered_when_its_headers_change() {
+        // Two TSO trains of one connection with different timestamps:
+        // they cannot merge, and the first must be written first.
+        let first = super_frame(2000, tcp::flags::ACK);
+        let mut second = super_frame(2000, tcp::flags::ACK);
+        second[38..42].copy_from_slice(&(0x1000u32 + 2000).to_be_bytes());
+        second[61] = 9; // TSval
+        let hdr = vnet::Repr {
+            gso_type: vnet::gso::TCPV4,
+            gso_size: 1000,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let mut segs = Vec::new();
+        segment(&first, &hdr, 0, &mut out, |s| segs.push(s.to_vec())).unwrap();
+        segment(&second, &hdr, 0, &mut out, |s| segs.push(s.to_vec())).unwrap();
+        // And a FIN of the same flow after them.
+        let mut fin = super_frame(0, tcp::flags::ACK | tcp::flags::FIN);
+        fin[38..42].copy_from_slice(&(0x1000u32 + 4000).to_be_bytes());
+        segs.push(fin);
+        let port = memory_port(1);
+        let mut c = Coalescer::default();
+        let mut seqs = Vec::new();
+        let mut sink = |_: &Arc<Port>, parts: &[&[u8]], _: u64| {
+            let f = parts.concat();
+            seqs.push(u32::from_be_bytes([f[48], f[49], f[50], f[51]]));
+        };
+        for s in &segs {
+            c.push(&port, s, &mut sink);
+        }
+        c.flush(&mut sink);
+        assert_eq!(seqs, vec![0x1000, 0x1000 + 2000, 0x1000 + 4000]);
     }
 
     #[test]
