@@ -85,12 +85,20 @@ impl Drop for Daemon {
 /// Runs the daemon of `config_path` until SIGINT or SIGTERM.
 pub fn run(config_path: &Path, threads: usize) -> anyhow::Result<()> {
     let config = DaemonConfig::load(config_path)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .enable_all()
-        .thread_name("slicenet-overlay")
-        .build()
-        .context("starting the async runtime")?;
+    // One thread runs everything on a current-thread runtime (no hand-offs
+    // between workers); more spread receive and port tasks over workers.
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .thread_name("slicenet-overlay")
+            .build()
+    }
+    .context("starting the async runtime")?;
     runtime.block_on(async {
         let daemon = Daemon::start(&config)?;
         tracing::info!(

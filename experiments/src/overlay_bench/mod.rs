@@ -71,6 +71,8 @@ pub struct SystemResult {
     pub cpu_s_per_gbit_n: Option<f64>,
     /// Ping RTT average, ms.
     pub rtt_avg_ms: Option<f64>,
+    /// Ping RTT median, ms.
+    pub rtt_p50_ms: Option<f64>,
     /// Ping RTT 99th percentile, ms.
     pub rtt_p99_ms: Option<f64>,
     /// TCP retransmissions (one stream).
@@ -235,6 +237,7 @@ fn measure_slicenet(args: &BenchArgs, self_exe: &Path) -> anyhow::Result<SystemR
         cpu_s_per_gbit_1: per_gbit(&runs[0]),
         cpu_s_per_gbit_n: per_gbit(&runs[1]),
         rtt_avg_ms: Some(ping.avg_ms),
+        rtt_p50_ms: Some(ping.p50_ms),
         rtt_p99_ms: Some(ping.p99_ms),
         retransmits_1: Some(runs[0].0.retransmits),
     })
@@ -253,57 +256,63 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 
 fn print_table(results: &[SystemResult], args: &BenchArgs) {
     let n = args.parallel;
+    let row = |cells: [String; 8]| {
+        println!(
+            "{:<34} {:>9} {:>9} {:>8} {:>8} {:>8} {:>11} {:>11}",
+            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7]
+        )
+    };
     println!();
     println!(
         "overlay_bench: two namespaced sites on a veth; iperf3 {} s, ping {} x 10 ms; CPU = tunnel daemons; nice {}",
         args.duration, args.pings, args.nice
     );
-    println!(
-        "{:<34} {:>10} {:>10} {:>9} {:>9} {:>12} {:>12}",
-        "system",
-        "Gbit/s 1",
+    row([
+        "system".into(),
+        "Gbit/s 1".into(),
         format!("Gbit/s {n}"),
-        "RTT avg",
-        "RTT p99",
-        "CPU s/Gbit 1",
-        format!("CPU s/Gbit {n}")
-    );
+        "RTT avg".into(),
+        "RTT p50".into(),
+        "RTT p99".into(),
+        "CPU s/Gbit 1".into(),
+        format!("CPU s/Gbit {n}"),
+    ]);
     for r in results {
-        println!(
-            "{:<34} {:>10} {:>10} {:>9} {:>9} {:>12} {:>12}",
-            r.system,
+        row([
+            r.system.clone(),
             fmt(r.gbps_1, 2),
             fmt(r.gbps_n, 2),
             fmt(r.rtt_avg_ms, 3),
+            fmt(r.rtt_p50_ms, 3),
             fmt(r.rtt_p99_ms, 3),
             fmt(r.cpu_s_per_gbit_1, 2),
-            fmt(r.cpu_s_per_gbit_n, 2)
-        );
+            fmt(r.cpu_s_per_gbit_n, 2),
+        ]);
     }
     let ours = &results[0];
     if results.len() > 1 {
         println!();
-        println!(
-            "{:<34} {:>10} {:>10} {:>9} {:>9} {:>12} {:>12}",
-            "slicenet / peer",
-            "thr 1",
+        row([
+            "slicenet / peer".into(),
+            "thr 1".into(),
             format!("thr {n}"),
-            "RTT avg",
-            "RTT p99",
-            "CPU/Gbit 1",
-            format!("CPU/Gbit {n}")
-        );
+            "RTT avg".into(),
+            "RTT p50".into(),
+            "RTT p99".into(),
+            "CPU/Gbit 1".into(),
+            format!("CPU/Gbit {n}"),
+        ]);
         for peer in &results[1..] {
-            println!(
-                "{:<34} {:>10} {:>10} {:>9} {:>9} {:>12} {:>12}",
+            row([
                 format!("vs {}", peer.system),
                 ratio(ours.gbps_1, peer.gbps_1),
                 ratio(ours.gbps_n, peer.gbps_n),
                 ratio(ours.rtt_avg_ms, peer.rtt_avg_ms),
+                ratio(ours.rtt_p50_ms, peer.rtt_p50_ms),
                 ratio(ours.rtt_p99_ms, peer.rtt_p99_ms),
                 ratio(ours.cpu_s_per_gbit_1, peer.cpu_s_per_gbit_1),
-                ratio(ours.cpu_s_per_gbit_n, peer.cpu_s_per_gbit_n)
-            );
+                ratio(ours.cpu_s_per_gbit_n, peer.cpu_s_per_gbit_n),
+            ]);
         }
         println!("(throughput: higher is better; RTT and CPU per Gbit: lower is better)");
     }

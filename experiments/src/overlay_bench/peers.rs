@@ -20,6 +20,8 @@ pub struct PeerRow {
     pub daemon_cpu_s: f64,
     /// RTT average, ms.
     pub rtt_avg_ms: Option<f64>,
+    /// RTT median, ms.
+    pub rtt_p50_ms: Option<f64>,
     /// RTT p99, ms.
     pub rtt_p99_ms: Option<f64>,
     /// Retransmissions.
@@ -77,7 +79,12 @@ pub fn parse_results(text: &str) -> anyhow::Result<Vec<PeerRow>> {
         col("Gbps").context("no Gbps column")?,
         col("daemon_cpu_s").context("no daemon_cpu_s column")?,
     );
-    let (avg, p99, retr) = (col("rtt_avg_ms"), col("rtt_p99_ms"), col("retr"));
+    let (avg, p50, p99, retr) = (
+        col("rtt_avg_ms"),
+        col("rtt_p50_ms"),
+        col("rtt_p99_ms"),
+        col("retr"),
+    );
     let mut rows = Vec::new();
     for line in lines {
         let f: Vec<&str> = line.split('\t').collect();
@@ -92,6 +99,7 @@ pub fn parse_results(text: &str) -> anyhow::Result<Vec<PeerRow>> {
             gbps: g,
             daemon_cpu_s: c,
             rtt_avg_ms: avg.and_then(|i| get(i).parse().ok()),
+            rtt_p50_ms: p50.and_then(|i| get(i).parse().ok()),
             rtt_p99_ms: p99.and_then(|i| get(i).parse().ok()),
             retransmits: retr.and_then(|i| get(i).parse().ok()),
         });
@@ -139,6 +147,7 @@ pub fn to_results(rows: &[PeerRow], parallel: u32, duration: u32) -> Vec<SystemR
                 cpu_s_per_gbit_1: one.and_then(|r| per_gbit(r, secs)),
                 cpu_s_per_gbit_n: n.and_then(|r| per_gbit(r, secs)),
                 rtt_avg_ms: one.and_then(|r| r.rtt_avg_ms),
+                rtt_p50_ms: one.and_then(|r| r.rtt_p50_ms),
                 rtt_p99_ms: one.and_then(|r| r.rtt_p99_ms),
                 retransmits_1: one.and_then(|r| r.retransmits),
             }
