@@ -1,2 +1,5 @@
-//! The slicenet node: membership, node manager and sliver supervisor.
+//! The slicenet node: membership, the node daemon (tickets, slivers,
+//! enclave wiring) and the sliver runtimes.
+pub mod daemon;
 pub mod membership;
+pub mod runtime;

@@ -1,7 +1,7 @@
 //! `slicenet-authority`: the authority's commands without the node daemon,
 //! VMM or overlay (a lean binary for authority hosts; `slicenet` has the same commands).
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -11,7 +11,16 @@ use clap::Parser;
 )]
 struct Cli {
     #[command(subcommand)]
-    command: slicenet_authority::cli::Command,
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Authority(slicenet_authority::cli::Command),
+    /// Nodes in the registry (admin or the site's PI).
+    #[command(subcommand)]
+    Node(slicenet_authority::cli::NodeCommand),
 }
 
 fn main() {
@@ -22,7 +31,11 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = slicenet_authority::cli::run(Cli::parse().command) {
+    let result = match Cli::parse().command {
+        Command::Authority(c) => slicenet_authority::cli::run(c),
+        Command::Node(c) => slicenet_authority::cli::run_node(c),
+    };
+    if let Err(e) = result {
         // A sentence, not a backtrace: the message already says what to do.
         eprintln!("error: {e:#}");
         std::process::exit(1);

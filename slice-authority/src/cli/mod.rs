@@ -20,7 +20,8 @@ use crate::server::Authority;
 use output::{expiry, resources, table, utc};
 pub use parse::{parse_duration, parse_placement_group};
 
-/// The commands this crate adds to `slicenet`.
+/// The commands this crate adds to `slicenet` (plus [`NodeCommand`], which
+/// `slicenet node` combines with the node daemon's commands).
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Generate an ed25519 identity key (for a user or a node): FILE (secret, 0600) and FILE.pub.
@@ -30,9 +31,6 @@ pub enum Command {
     /// Sites: where nodes stand (admin).
     #[command(subcommand)]
     Site(SiteCommand),
-    /// Nodes in the registry (admin or the site's PI).
-    #[command(subcommand)]
-    Node(NodeCommand),
     /// Users (principals) and their roles.
     #[command(subcommand)]
     User(UserCommand),
@@ -513,7 +511,6 @@ pub async fn run_async(cmd: Command) -> anyhow::Result<()> {
         Command::Keygen(a) => keygen(&a),
         Command::Authority(a) => authority(a).await,
         Command::Site(c) => site(c).await,
-        Command::Node(c) => node(c).await,
         Command::User(c) => user(c).await,
         Command::Slice(c) => slice(c).await,
         Command::Sliver(c) => sliver(c).await,
@@ -730,6 +727,17 @@ fn node_rows(nodes: &[Node]) -> String {
             })
             .collect::<Vec<_>>(),
     )
+}
+
+/// Runs a `node` registry command (creates its own tokio runtime). It is
+/// separate from [`Command`] because `slicenet node` also holds the node
+/// daemon's own commands.
+pub fn run_node(cmd: NodeCommand) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(node(cmd))
 }
 
 async fn node(c: NodeCommand) -> anyhow::Result<()> {

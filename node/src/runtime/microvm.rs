@@ -1,0 +1,105 @@
+//! The microVM sliver runtime: one `slicenet-vmm` process per sliver.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+use super::{RuntimeError, VmProcess, VmSpec};
+
+/// Runs slivers in slicenet's own KVM microVM.
+#[derive(Debug, Clone)]
+pub struct MicrovmRuntime {
+    binary: PathBuf,
+}
+
+impl MicrovmRuntime {
+    /// Uses `slicenet-vmm` from beside the running executable, else PATH.
+    pub fn new() -> Self {
+        let beside = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("slicenet-vmm")))
+            .filter(|p| p.is_file());
+        MicrovmRuntime {
+            binary: beside.unwrap_or_else(|| PathBuf::from("slicenet-vmm")),
+        }
+    }
+
+    /// The complete argument list of `slicenet-vmm` for `spec`.
+    pub fn args(&self, spec: &VmSpec) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--appliance".into(),
+            spec.appliance_dir.display().to_string(),
+            // The node verified every part moments ago.
+            "--no-verify".into(),
+            "--sliver-id".into(),
+            spec.name.clone(),
+            "--vcpus".into(),
+            spec.vcpus.to_string(),
+            "--memory-mib".into(),
+            spec.memory_mib.to_string(),
+            "--hostname".into(),
+            spec.hostname.clone(),
+            "--serial-log".into(),
+            spec.console_log.display().to_string(),
+            "--console-sock".into(),
+            spec.console_socket.display().to_string(),
+            "--api-sock".into(),
+            spec.control_socket.display().to_string(),
+        ];
+        for nic in &spec.nics {
+            let mut net = format!(
+                "vm={},switch={},mac={}",
+                nic.vm_socket.display(),
+                nic.switch_socket.display(),
+                nic.mac_string()
+            );
+            if let Some((addr, prefix)) = nic.ipv4 {
+                net.push_str(&format!(",ip={addr}/{prefix}"));
+            }
+            args.extend(["--net".into(), net]);
+        }
+        if let Some(disk) = &spec.disk {
+            args.extend(["--disk".into(), format!("path={},ro", disk.display())]);
+        }
+        args
+    }
+
+    /// Starts the VM; the VMM's own messages go to `<console_log>.vmm.log`.
+    pub fn start(&self, spec: &VmSpec) -> Result<VmProcess, RuntimeError> {
+        spec.validate()?;
+        for path in [&spec.console_socket, &spec.control_socket] {
+            let _ = std::fs::remove_file(path);
+        }
+        let log_path = spec.console_log.with_extension("vmm.log");
+        let log = std::fs::File::create(&log_path).map_err(|source| RuntimeError::Prepare {
+            path: log_path.clone(),
+            source,
+        })?;
+        let log_err = log.try_clone().map_err(|source| RuntimeError::Prepare {
+            path: log_path,
+            source,
+        })?;
+        let mut command = Command::new(&self.binary);
+        super::process::die_with_parent(&mut command);
+        let child = command
+            .args(self.args(spec))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| RuntimeError::Spawn {
+                program: self.binary.display().to_string(),
+                source,
+            })?;
+        Ok(VmProcess::new(child))
+    }
+}
+
+impl Default for MicrovmRuntime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
