@@ -225,11 +225,14 @@ pub async fn create(
     let now = crate::auth::now_secs();
     let expires_at = now + lease as i64;
     let mut w = state.write().await?;
-    let site_id = store::site_id(&mut w.tx, &site).await?;
-    let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM slices WHERE name = ?")
-        .bind(&req.name)
-        .fetch_optional(&mut *w.tx)
-        .await?;
+    let (site_id, exists): (Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT (SELECT id FROM sites WHERE name = ?), (SELECT id FROM slices WHERE name = ?)",
+    )
+    .bind(&site)
+    .bind(&req.name)
+    .fetch_one(&mut *w.tx)
+    .await?;
+    let site_id = site_id.ok_or_else(|| store::no_such_site(&site))?;
     if exists.is_some() {
         return Err(ApiError::conflict(format!(
             "slice {} already exists; pick another name, or add slivers to it with `slicenet sliver add {}`",
@@ -288,7 +291,16 @@ pub async fn create(
         serde_json::to_value(&req).unwrap_or_default(),
     )
     .await?;
-    let row = store::slice_by_id(&mut w.tx, slice_id).await?;
+    let row = SliceRow {
+        id: slice_id,
+        name: req.name.clone(),
+        site,
+        owner_id: p.id,
+        owner: p.name.clone(),
+        description: req.description.clone(),
+        lease_expires_at: expires_at,
+        created_at: now,
+    };
     let slice = store::slice_json(&mut w.tx, &row).await?;
     w.commit(&state).await?;
     Ok((
@@ -316,17 +328,15 @@ pub async fn delete_slice(
         .bind(row.id)
         .fetch_all(&mut *w.tx)
         .await?;
-    let mut affected: BTreeSet<i64> = store::co_members(&mut w.tx, &own)
-        .await?
-        .into_iter()
-        .collect();
-    let in_owned_enclaves: Vec<i64> = sqlx::query_scalar(
-        "SELECT sliver_id FROM enclave_members WHERE enclave_id IN (SELECT id FROM enclaves WHERE slice_id = ?)",
+    // Members of enclaves its slivers are in, and of the enclaves it owns.
+    let mut affected: BTreeSet<i64> = sqlx::query_scalar(
+        "SELECT m2.sliver_id FROM slivers v JOIN enclave_members m1 ON m1.sliver_id = v.id JOIN enclave_members m2 ON m2.enclave_id = m1.enclave_id WHERE v.slice_id = ?1 UNION SELECT m.sliver_id FROM enclaves e JOIN enclave_members m ON m.enclave_id = e.id WHERE e.slice_id = ?1",
     )
     .bind(row.id)
     .fetch_all(&mut *w.tx)
-    .await?;
-    affected.extend(in_owned_enclaves);
+    .await?
+    .into_iter()
+    .collect();
     for id in &own {
         affected.remove(id);
     }

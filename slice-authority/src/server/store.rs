@@ -54,7 +54,12 @@ pub async fn site_id(c: &mut SqliteConnection, name: &str) -> ApiResult<i64> {
         .bind(name)
         .fetch_optional(c)
         .await?
-        .ok_or_else(|| ApiError::not_found("site", name, "`slicenet site list` shows the sites"))
+        .ok_or_else(|| no_such_site(name))
+}
+
+/// The 404 for an unknown site.
+pub fn no_such_site(name: &str) -> ApiError {
+    ApiError::not_found("site", name, "`slicenet site list` shows the sites")
 }
 
 /// A node with its site and usage.

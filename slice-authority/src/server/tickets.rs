@@ -20,7 +20,9 @@ use crate::api::{SignedTicket, TicketBatch};
 use crate::config::Ipv4Net;
 use crate::keys::PublicKey;
 use crate::model::{Appliance, MacAddr, Resources};
-use crate::ticket::{self, EnclaveMembership, Gateway, Member, Peer, Ticket, TicketStatus};
+use crate::ticket::{
+    self, EnclaveMembership, Gateway, Member, Peer, Ticket, TicketPacket, TicketStatus,
+};
 
 /// An enclave's data as tickets and exports carry it.
 pub struct EnclaveData {
@@ -162,28 +164,43 @@ struct SliverTicketRow {
     bandwidth_mbps: i64,
     appliance_name: String,
     appliance_hash: String,
+    /// JSON `[[enclave id, address], ...]`, by enclave id.
+    memberships: String,
 }
 
-async fn store_ticket(
+/// Gives each ticket the next epoch (one counter update for all of them),
+/// signs and stores it, and remembers to wake its node.
+async fn store_tickets(
     state: &Inner,
     w: &mut WriteTx,
-    node_id: i64,
-    mut ticket: Ticket,
+    tickets: Vec<(i64, Ticket)>,
 ) -> ApiResult<()> {
-    ticket.epoch = store::next_counter(&mut w.tx, "epoch", 1).await? as u64;
-    let bytes = ticket::sign(&ticket, &state.key);
-    sqlx::query(
-        "INSERT INTO tickets (sliver_id, node_id, epoch, revoked, expires_at, body) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(sliver_id) DO UPDATE SET node_id = excluded.node_id, epoch = excluded.epoch, revoked = excluded.revoked, expires_at = excluded.expires_at, body = excluded.body",
+    if tickets.is_empty() {
+        return Ok(());
+    }
+    let last: i64 = sqlx::query_scalar(
+        "UPDATE counters SET value = value + ? WHERE name = 'epoch' RETURNING value",
     )
-    .bind(ticket.sliver_id as i64)
-    .bind(node_id)
-    .bind(ticket.epoch as i64)
-    .bind(ticket.status == TicketStatus::Revoked)
-    .bind(ticket.expires_at)
-    .bind(bytes)
-    .execute(&mut *w.tx)
+    .bind(tickets.len() as i64)
+    .fetch_one(&mut *w.tx)
     .await?;
-    w.notify_node(node_id);
+    let first = last - tickets.len() as i64 + 1;
+    for (epoch, (node_id, mut ticket)) in (first..).zip(tickets) {
+        ticket.epoch = epoch as u64;
+        let bytes = ticket::sign(&ticket, &state.key);
+        sqlx::query(
+            "INSERT INTO tickets (sliver_id, node_id, epoch, revoked, expires_at, body) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(sliver_id) DO UPDATE SET node_id = excluded.node_id, epoch = excluded.epoch, revoked = excluded.revoked, expires_at = excluded.expires_at, body = excluded.body",
+        )
+        .bind(ticket.sliver_id as i64)
+        .bind(node_id)
+        .bind(epoch)
+        .bind(ticket.status == TicketStatus::Revoked)
+        .bind(ticket.expires_at)
+        .bind(bytes)
+        .execute(&mut *w.tx)
+        .await?;
+        w.notify_node(node_id);
+    }
     Ok(())
 }
 
@@ -195,29 +212,32 @@ pub async fn reissue(state: &Inner, w: &mut WriteTx, slivers: &[i64]) -> ApiResu
     let now = crate::auth::now_secs();
     let ids = serde_json::to_string(slivers).expect("ids serialize");
     let rows: Vec<SliverTicketRow> = sqlx::query_as(
-        "SELECT v.id, sl.name AS slice, sl.lease_expires_at, v.node_id, n.name AS node, n.public_key AS node_key, v.vcpus, v.memory_mib, v.disk_gib, v.bandwidth_mbps, v.appliance_name, v.appliance_hash FROM slivers v JOIN slices sl ON sl.id = v.slice_id JOIN nodes n ON n.id = v.node_id WHERE v.id IN (SELECT value FROM json_each(?)) ORDER BY v.id",
+        "SELECT v.id, sl.name AS slice, sl.lease_expires_at, v.node_id, n.name AS node, n.public_key AS node_key, v.vcpus, v.memory_mib, v.disk_gib, v.bandwidth_mbps, v.appliance_name, v.appliance_hash, (SELECT json_group_array(json_array(enclave_id, address)) FROM (SELECT enclave_id, address FROM enclave_members WHERE sliver_id = v.id ORDER BY enclave_id)) AS memberships FROM slivers v JOIN slices sl ON sl.id = v.slice_id JOIN nodes n ON n.id = v.node_id WHERE v.id IN (SELECT value FROM json_each(?)) ORDER BY v.id",
     )
     .bind(&ids)
     .fetch_all(&mut *w.tx)
     .await?;
-    let memberships: Vec<(i64, i64, String)> = sqlx::query_as(
-        "SELECT sliver_id, enclave_id, address FROM enclave_members WHERE sliver_id IN (SELECT value FROM json_each(?)) ORDER BY enclave_id",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *w.tx)
-    .await?;
+    let mut memberships: Vec<Vec<(i64, String)>> = Vec::with_capacity(rows.len());
+    for row in &rows {
+        memberships.push(serde_json::from_str(&row.memberships).map_err(|e| {
+            ApiError::internal(
+                &format!("reading sliver {}'s enclave memberships", row.id),
+                e,
+            )
+        })?);
+    }
     let mut enclaves: HashMap<i64, EnclaveData> = HashMap::new();
-    for (_, enclave_id, _) in &memberships {
+    for (enclave_id, _) in memberships.iter().flatten() {
         if !enclaves.contains_key(enclave_id) {
             let data = enclave_data(&mut w.tx, *enclave_id).await?;
             enclaves.insert(*enclave_id, data);
         }
     }
-    for row in rows {
+    let mut tickets = Vec::with_capacity(rows.len());
+    for (row, memberships) in rows.into_iter().zip(memberships) {
         let own: Vec<EnclaveMembership> = memberships
             .iter()
-            .filter(|(sliver, _, _)| *sliver == row.id)
-            .map(|(_, enclave_id, address)| {
+            .map(|(enclave_id, address)| {
                 let e = &enclaves[enclave_id];
                 let address = ip(address);
                 EnclaveMembership {
@@ -260,9 +280,9 @@ pub async fn reissue(state: &Inner, w: &mut WriteTx, slivers: &[i64]) -> ApiResu
             },
             enclaves: own,
         };
-        store_ticket(state, w, row.node_id, ticket).await?;
+        tickets.push((row.node_id, ticket));
     }
-    Ok(())
+    store_tickets(state, w, tickets).await
 }
 
 /// Signs a revocation (next epoch) for each sliver that has an active ticket.
@@ -279,15 +299,19 @@ pub async fn revoke(state: &Inner, w: &mut WriteTx, slivers: &[i64]) -> ApiResul
     .fetch_all(&mut *w.tx)
     .await?;
     let now = crate::auth::now_secs();
+    let mut tickets = Vec::with_capacity(rows.len());
     for (node_id, body) in rows {
-        let mut ticket = ticket::verify_signature(&body, &state.public_key)
+        // This authority wrote and signed it, and the revocation gets a
+        // signature of its own: checking the envelope and body is enough.
+        let mut ticket = TicketPacket::new_checked(&body[..])
+            .and_then(|packet| ticket::wire::parse_body(packet.body()))
             .map_err(|e| ApiError::internal("re-reading a stored ticket", e))?;
         ticket.status = TicketStatus::Revoked;
         ticket.issued_at = now;
         ticket.enclaves.clear();
-        store_ticket(state, w, node_id, ticket).await?;
+        tickets.push((node_id, ticket));
     }
-    Ok(())
+    store_tickets(state, w, tickets).await
 }
 
 /// Query of a ticket poll.
