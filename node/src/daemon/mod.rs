@@ -521,6 +521,7 @@ pub async fn run(
     for r in &kept.refused {
         tracing::warn!("kept ticket refused: {r}");
     }
+    node.state.lock().await.tickets_refused += kept.refused.len() as u64;
     if !kept.good.is_empty() {
         eprintln!(
             "node {}: restoring {} sliver(s) from kept tickets",
