@@ -27,6 +27,26 @@ use slicenet_testbed::{LinkShape, Testbed};
 
 use crate::catalog::{self, SiteInfo};
 
+static CANCELLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks every waiting [`Cluster`] operation to give up (e.g. on Ctrl-C);
+/// they return an "interrupted" error and the cluster tears down on drop.
+pub fn request_cancel() {
+    CANCELLED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether [`request_cancel`] was called.
+pub fn cancelled() -> bool {
+    CANCELLED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+fn check_cancelled() -> anyhow::Result<()> {
+    if cancelled() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
 /// Port of the authority's HTTP API in site 1.
 pub const AUTHORITY_PORT: u16 = 8420;
 /// Port of every node's membership endpoint.
@@ -208,6 +228,7 @@ impl Cluster {
                     break;
                 }
             }
+            check_cancelled()?;
             if Instant::now() > deadline {
                 bail!(
                     "the authority did not come up within 30 s; see {}",
@@ -373,6 +394,7 @@ impl Cluster {
             if ready {
                 return Ok(());
             }
+            check_cancelled()?;
             if Instant::now() > deadline {
                 let logs: Vec<String> = self
                     .nodes
@@ -516,6 +538,7 @@ impl Cluster {
             if boot.len() == slivers.len() {
                 return Ok(boot);
             }
+            check_cancelled()?;
             if Instant::now() > deadline {
                 bail!("slivers not ready within {timeout:?}");
             }

@@ -71,10 +71,33 @@ impl NetNs {
         PathBuf::from("/var/run/netns").join(&self.name)
     }
 
-    /// A command that runs `program` inside this namespace (`ip netns exec`).
+    /// A command that runs `program` inside this namespace.
+    ///
+    /// The child joins the namespace with `setns(2)` just before `exec`.
+    /// Unlike `ip netns exec` this keeps the host's mounts — notably
+    /// `/sys/fs/cgroup`, which node daemons need for resource limits.
+    /// When the namespace cannot be opened, the command runs through
+    /// `ip netns exec`, whose error then says what is wrong.
     pub fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
+        use std::os::fd::{AsRawFd, OwnedFd};
+        use std::os::unix::process::CommandExt;
+        let Ok(file) = File::open(self.path()) else {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &self.name, program]);
+            return cmd;
+        };
+        let ns: OwnedFd = file.into();
+        let mut cmd = Command::new(program);
+        // SAFETY: setns(2) is async-signal-safe and the closure touches
+        // nothing but a file descriptor owned by the command.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         cmd
     }
 

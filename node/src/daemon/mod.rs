@@ -492,6 +492,7 @@ pub async fn run(
         restart: config.runtime.restart,
         max_restarts: config.runtime.max_restarts,
         limits: limits.clone(),
+        nic_mtu: overlay.default_port_mtu(),
     });
     let node = Arc::new(Node {
         store: store.clone(),

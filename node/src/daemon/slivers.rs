@@ -67,6 +67,8 @@ pub struct SupervisorSettings {
     pub restart: RestartPolicy,
     pub max_restarts: u32,
     pub limits: Limits,
+    /// MTU of the switch ports VM NICs attach to.
+    pub nic_mtu: u16,
 }
 
 struct RunningSliver {
@@ -219,6 +221,7 @@ fn vm_spec(
         .map(|e| GuestNet {
             mac: GuestMac(e.mac.0),
             ipv4: Some((e.address, e.prefix_len)),
+            mtu: Some(settings.nic_mtu),
         })
         .collect();
     let cmdline = compose_cmdline(
@@ -237,6 +240,7 @@ fn vm_spec(
             NicSpec {
                 mac: e.mac.0,
                 ipv4: Some((e.address, e.prefix_len)),
+                mtu: Some(settings.nic_mtu),
                 vm_socket,
                 switch_socket,
             }

@@ -58,6 +58,9 @@ impl MicrovmRuntime {
             if let Some((addr, prefix)) = nic.ipv4 {
                 net.push_str(&format!(",ip={addr}/{prefix}"));
             }
+            if let Some(mtu) = nic.mtu {
+                net.push_str(&format!(",mtu={mtu}"));
+            }
             args.extend(["--net".into(), net]);
         }
         if let Some(disk) = &spec.disk {

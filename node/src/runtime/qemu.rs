@@ -148,6 +148,7 @@ mod tests {
             nics: vec![NicSpec {
                 mac: [0x02, 0, 0, 0, 0, 1],
                 ipv4: None,
+                mtu: None,
                 vm_socket: "/run/s1-net0.vm.sock".into(),
                 switch_socket: "/run/s1-net0.switch.sock".into(),
             }],

@@ -9,6 +9,8 @@ pub struct NicSpec {
     pub mac: [u8; 6],
     /// Guest IPv4 address and prefix length, configured by the appliance's init.
     pub ipv4: Option<(std::net::Ipv4Addr, u8)>,
+    /// The switch port's MTU, which the guest NIC must not exceed.
+    pub mtu: Option<u16>,
     pub vm_socket: PathBuf,
     pub switch_socket: PathBuf,
 }

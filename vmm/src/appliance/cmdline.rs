@@ -1,5 +1,5 @@
 //! Composition of the guest kernel command line understood by the default appliance's init
-//! (contract 3): `slicenet.net=<mac>[,<ipv4>/<prefix>]` per NIC, `slicenet.hostname=<name>`,
+//! (contract 3): `slicenet.net=<mac>[,<ipv4>/<prefix>][,mtu=<bytes>]` per NIC, `slicenet.hostname=<name>`,
 //! `slicenet.run=<base64 of a shell command>`.
 
 use std::net::Ipv4Addr;
@@ -19,6 +19,9 @@ pub struct GuestNet {
     pub mac: MacAddr,
     /// Address and prefix length to assign, or `None` to only bring the link up.
     pub ipv4: Option<(Ipv4Addr, u8)>,
+    /// MTU to set (the switch port's, so the guest never sends frames the
+    /// overlay must drop as oversize); `None` keeps the driver's default.
+    pub mtu: Option<u16>,
 }
 
 /// Why a command line could not be composed.
@@ -47,11 +50,16 @@ pub fn compose_cmdline(
         out.push_str(&param);
     };
     for net in nets {
+        let mut param = format!("slicenet.net={}", net.mac);
         match net.ipv4 {
             Some((_, prefix)) if prefix > 32 => return Err(CmdlineError::BadPrefix(prefix)),
-            Some((addr, prefix)) => push(format!("slicenet.net={},{addr}/{prefix}", net.mac)),
-            None => push(format!("slicenet.net={}", net.mac)),
+            Some((addr, prefix)) => param.push_str(&format!(",{addr}/{prefix}")),
+            None => {}
         }
+        if let Some(mtu) = net.mtu {
+            param.push_str(&format!(",mtu={mtu}"));
+        }
+        push(param);
     }
     if let Some(name) = hostname {
         let valid = !name.is_empty()
@@ -83,10 +91,12 @@ mod tests {
             GuestNet {
                 mac: parse_mac("02:00:00:00:00:01").unwrap(),
                 ipv4: Some((Ipv4Addr::new(198, 19, 1, 2), 24)),
+                mtu: None,
             },
             GuestNet {
                 mac: parse_mac("02:00:00:00:00:02").unwrap(),
                 ipv4: None,
+                mtu: Some(1390),
             },
         ];
         let line = compose_cmdline(
@@ -99,7 +109,7 @@ mod tests {
         assert_eq!(
             line,
             "console=ttyS0 slicenet.net=02:00:00:00:00:01,198.19.1.2/24 \
-             slicenet.net=02:00:00:00:00:02 slicenet.hostname=probe-1 \
+             slicenet.net=02:00:00:00:00:02,mtu=1390 slicenet.hostname=probe-1 \
              slicenet.run=cGluZyAtYyAxIHg="
         );
     }
@@ -115,6 +125,7 @@ mod tests {
         let net = GuestNet {
             mac: parse_mac("02:00:00:00:00:01").unwrap(),
             ipv4: Some((Ipv4Addr::LOCALHOST, 33)),
+            mtu: None,
         };
         assert_eq!(
             compose_cmdline("", &[net], None, None),

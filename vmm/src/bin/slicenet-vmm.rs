@@ -78,7 +78,7 @@ struct RunArgs {
     /// Guest memory in MiB (default: the appliance's).
     #[arg(long)]
     memory_mib: Option<u32>,
-    /// A NIC: `vm=VM_SOCK,switch=SWITCH_SOCK[,mac=MAC][,ip=ADDR/PREFIX]` (repeatable, in
+    /// A NIC: `vm=VM_SOCK,switch=SWITCH_SOCK[,mac=MAC][,ip=ADDR/PREFIX][,mtu=N]` (repeatable, in
     /// guest order). The VMM binds VM_SOCK and sends frames to SWITCH_SOCK.
     #[arg(long = "net", value_name = "SPEC")]
     nets: Vec<String>,
@@ -165,10 +165,11 @@ struct NetSpec {
     switch_sock: PathBuf,
     mac: Option<MacAddr>,
     ipv4: Option<(Ipv4Addr, u8)>,
+    mtu: Option<u16>,
 }
 
 fn parse_net(spec: &str) -> anyhow::Result<NetSpec> {
-    let (mut vm, mut switch, mut mac, mut ip) = (None, None, None, None);
+    let (mut vm, mut switch, mut mac, mut ip, mut mtu) = (None, None, None, None, None);
     for part in spec.split(',') {
         let (key, value) = part
             .split_once('=')
@@ -194,7 +195,15 @@ fn parse_net(spec: &str) -> anyhow::Result<NetSpec> {
                     .with_context(|| format!("--net {spec:?}: bad prefix"))?;
                 ip = Some((addr, prefix));
             }
-            other => bail!("--net {spec:?}: unknown key {other:?} (use vm, switch, mac, ip)"),
+            "mtu" => {
+                let value: u16 = value
+                    .parse()
+                    .ok()
+                    .filter(|m| (576..=9000).contains(m))
+                    .with_context(|| format!("--net {spec:?}: mtu must be 576..=9000"))?;
+                mtu = Some(value);
+            }
+            other => bail!("--net {spec:?}: unknown key {other:?} (use vm, switch, mac, ip, mtu)"),
         }
     }
     Ok(NetSpec {
@@ -202,6 +211,7 @@ fn parse_net(spec: &str) -> anyhow::Result<NetSpec> {
         switch_sock: switch.with_context(|| format!("--net {spec:?}: switch=PATH is required"))?,
         mac,
         ipv4: ip,
+        mtu,
     })
 }
 
@@ -250,6 +260,7 @@ fn run(args: RunArgs, started: Instant) -> anyhow::Result<i32> {
             switch_sock,
             mac,
             ipv4,
+            mtu,
         } = parse_net(spec)?;
         let mac = mac
             .or_else(|| fixed_macs.get(i).copied())
@@ -259,7 +270,7 @@ fn run(args: RunArgs, started: Instant) -> anyhow::Result<i32> {
             vm_sock,
             switch_sock,
         });
-        guest_nets.push(GuestNet { mac, ipv4 });
+        guest_nets.push(GuestNet { mac, ipv4, mtu });
     }
     let disk = match &args.disk {
         Some(spec) => {

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Init of the slicenet default appliance. Kernel command line (contract 3):
-#   slicenet.net=<mac>[,<ipv4>/<prefix>]  one per NIC, matched by MAC
+#   slicenet.net=<mac>[,<ipv4>/<prefix>][,mtu=<bytes>]  one per NIC, matched by MAC
 #   slicenet.hostname=<name>
 #   slicenet.run=<base64 of a shell command>  run once networking is up, then power off
 # Prints "SLICENET-READY <hostname>" on the console when the NICs are configured.
@@ -34,7 +34,14 @@ ip link set lo up
 for net in $nets; do
   mac="${net%%,*}"
   addr=
-  [ "$net" != "$mac" ] && addr="${net#*,}"
+  mtu=
+  rest="${net#"$mac"}"
+  for field in $(echo "$rest" | tr ',' ' '); do
+    case "$field" in
+      mtu=*) mtu="${field#mtu=}" ;;
+      *) addr="$field" ;;
+    esac
+  done
   dev=
   tries=0
   while [ -z "$dev" ] && [ "$tries" -lt 100 ]; do
@@ -47,6 +54,7 @@ for net in $nets; do
     echo "slicenet-init: no network interface with MAC $mac"
     continue
   fi
+  [ -n "$mtu" ] && ip link set "$dev" mtu "$mtu"
   ip link set "$dev" up
   [ -n "$addr" ] && ip addr add "$addr" dev "$dev"
 done
