@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::PublicKey;
-use crate::model::{Appliance, MacAddr, Resources};
+use crate::model::{Appliance, MacAddr, ReportedCapacity, Resources};
 use crate::ticket;
 
 /// Every error reply: `{"error": {...}}` with a non-2xx status.
@@ -154,8 +154,14 @@ pub struct Node {
     pub country: String,
     /// Identity key.
     pub public_key: PublicKey,
-    /// Capacity.
+    /// Capacity the operator configured (`slicenet node add`): a ceiling.
     pub capacity: Resources,
+    /// Capacity the node reported at its last registration or heartbeat that carried one.
+    #[serde(default)]
+    pub reported_capacity: Option<ReportedCapacity>,
+    /// When that report arrived (unix seconds).
+    #[serde(default)]
+    pub capacity_reported_at: Option<i64>,
     /// Sum of the reservations of its slivers.
     pub allocated: Resources,
     /// Number of slivers.
@@ -170,6 +176,38 @@ pub struct Node {
     pub endpoint: Option<SocketAddr>,
     /// Last registration or heartbeat (unix seconds).
     pub last_seen: Option<i64>,
+    /// Where clients connect for sliver consoles, once the node registered one.
+    #[serde(default)]
+    pub console: Option<SocketAddr>,
+}
+
+impl Node {
+    /// What placement may fill: the configured capacity lowered to the
+    /// reported one in every dimension the node reported.
+    pub fn usable_capacity(&self) -> Resources {
+        match &self.reported_capacity {
+            Some(r) => r.cap(&self.capacity),
+            None => self.capacity,
+        }
+    }
+
+    /// The dimensions in which slivers already hold more than the usable
+    /// capacity (the node reported less than was allocated): nothing new is
+    /// placed there, and nothing is revoked automatically.
+    pub fn overcommitted(&self) -> Vec<&'static str> {
+        let usable = self.usable_capacity();
+        let a = &self.allocated;
+        [
+            ("vcpus", a.vcpus as u64 > usable.vcpus as u64),
+            ("memory", a.memory_mib > usable.memory_mib),
+            ("disk", a.disk_gib > usable.disk_gib),
+            ("bandwidth", a.bandwidth_mbps > usable.bandwidth_mbps),
+        ]
+        .into_iter()
+        .filter(|(_, over)| *over)
+        .map(|(name, _)| name)
+        .collect()
+    }
 }
 
 /// `POST /v1/nodes/{name}/state` (admin or the site's PI).
@@ -195,6 +233,16 @@ pub struct NodeRegistration {
     /// Software version, for operators.
     #[serde(default)]
     pub software: Option<String>,
+    /// What the host really has for slivers; placement never goes beyond
+    /// it (nor beyond the operator's figure). `None`: not measured, the
+    /// operator's figure stands (and a report made earlier is forgotten).
+    // Omitted when absent, so an older authority (which refuses unknown fields) still accepts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<ReportedCapacity>,
+    /// The TCP address clients connect to for sliver consoles (given back
+    /// in console grants); `None`: this node offers no remote console.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<SocketAddr>,
 }
 
 /// Reply to a registration.
@@ -243,6 +291,10 @@ pub struct Heartbeat {
     /// The state of each sliver the node runs.
     #[serde(default)]
     pub slivers: Vec<SliverReport>,
+    /// The host's capacity when it changed since registration (or the
+    /// registration could not carry it); `None` keeps the last report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<ReportedCapacity>,
 }
 
 /// One sliver's state, reported by its node.

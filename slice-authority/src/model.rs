@@ -109,6 +109,71 @@ impl fmt::Display for Resources {
     }
 }
 
+/// What a node reports its host really has (`slicenet node run` measures
+/// it). The operator's figure from `slicenet node add` stays a ceiling, a
+/// policy; placement uses the smaller of the two in every dimension
+/// ([`ReportedCapacity::cap`]). vCPUs and memory are always reported; disk
+/// and bandwidth only when the node measures them (`None`: the operator's
+/// figure stands), because a made-up 0 would stop all placement there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportedCapacity {
+    /// Virtual CPUs the node can give slivers.
+    pub vcpus: u32,
+    /// Memory in MiB the node can give slivers (what the host keeps for itself excluded).
+    pub memory_mib: u64,
+    /// Disk in GiB, when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_gib: Option<u64>,
+    /// Network bandwidth in Mbit/s, when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_mbps: Option<u64>,
+}
+
+impl ReportedCapacity {
+    /// `configured` lowered to what the node reports, dimension by dimension.
+    pub fn cap(&self, configured: &Resources) -> Resources {
+        Resources {
+            vcpus: configured.vcpus.min(self.vcpus),
+            memory_mib: configured.memory_mib.min(self.memory_mib),
+            disk_gib: self
+                .disk_gib
+                .map_or(configured.disk_gib, |d| configured.disk_gib.min(d)),
+            bandwidth_mbps: self.bandwidth_mbps.map_or(configured.bandwidth_mbps, |b| {
+                configured.bandwidth_mbps.min(b)
+            }),
+        }
+    }
+
+    /// Checks a report: zeros are the truth of a full host and pass, absurd values do not.
+    pub fn validate(&self) -> Result<(), String> {
+        let as_resources = Resources {
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            disk_gib: self.disk_gib.unwrap_or(0),
+            bandwidth_mbps: self.bandwidth_mbps.unwrap_or(0),
+        };
+        if as_resources.fits_in(&MAX_RESOURCES) {
+            Ok(())
+        } else {
+            Err(format!(
+                "reported capacity {as_resources} is beyond what any node has (at most {MAX_RESOURCES}); report memory in MiB, disk in GiB, bandwidth in Mbit/s"
+            ))
+        }
+    }
+}
+
+impl From<Resources> for ReportedCapacity {
+    fn from(r: Resources) -> Self {
+        ReportedCapacity {
+            vcpus: r.vcpus,
+            memory_mib: r.memory_mib,
+            disk_gib: Some(r.disk_gib),
+            bandwidth_mbps: Some(r.bandwidth_mbps),
+        }
+    }
+}
+
 /// The virtual appliance a sliver boots: a name and the hash of its content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -347,6 +412,47 @@ mod tests {
             ..Resources::SLIVER_DEFAULT
         };
         assert!(huge.validate_sliver().unwrap_err().contains("units"));
+    }
+
+    #[test]
+    fn reported_capacity_lowers_the_configured_figure_where_measured() {
+        let configured = Resources {
+            vcpus: 8,
+            memory_mib: 16384,
+            disk_gib: 100,
+            bandwidth_mbps: 1000,
+        };
+        let report = ReportedCapacity {
+            vcpus: 16,
+            memory_mib: 4096,
+            disk_gib: Some(40),
+            bandwidth_mbps: None,
+        };
+        assert_eq!(
+            report.cap(&configured),
+            Resources {
+                vcpus: 8,
+                memory_mib: 4096,
+                disk_gib: 40,
+                bandwidth_mbps: 1000,
+            }
+        );
+        assert!(ReportedCapacity {
+            vcpus: 0,
+            memory_mib: 0,
+            disk_gib: None,
+            bandwidth_mbps: None
+        }
+        .validate()
+        .is_ok());
+        let absurd = ReportedCapacity {
+            memory_mib: u64::MAX,
+            ..report
+        };
+        assert!(absurd.validate().unwrap_err().contains("MiB"));
+        let json: ReportedCapacity =
+            serde_json::from_str(r#"{"vcpus": 2, "memory_mib": 1024}"#).unwrap();
+        assert_eq!(json.disk_gib, None);
     }
 
     #[test]

@@ -210,6 +210,8 @@ async fn attempt(op: Op, who: &Client, i: usize, admin: &Client) -> Result<(), C
                     endpoint: None,
                     tunnel_address: None,
                     software: None,
+                    capacity: None,
+                    console: None,
                 },
             )
             .await

@@ -90,6 +90,8 @@ async fn slice_lifecycle_through_the_http_api() {
                 endpoint: Some("198.18.0.1:51820".parse().unwrap()),
                 tunnel_address: None,
                 software: Some("test".into()),
+                capacity: None,
+                console: None,
             },
         )
         .await
@@ -178,6 +180,8 @@ async fn slice_lifecycle_through_the_http_api() {
                 endpoint: Some("198.18.0.2:51820".parse().unwrap()),
                 tunnel_address: None,
                 software: None,
+                capacity: None,
+                console: None,
             },
         )
         .await

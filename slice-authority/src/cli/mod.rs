@@ -17,7 +17,7 @@ use crate::client::Client;
 use crate::keys::{self, PublicKey};
 use crate::model::{Appliance, Resources};
 use crate::server::Authority;
-use output::{expiry, resources, table, utc};
+use output::{expiry, reported, resources, table, utc};
 pub use parse::{parse_duration, parse_placement_group};
 
 /// The commands this crate adds to `slicenet` (plus [`NodeCommand`], which
@@ -701,6 +701,7 @@ fn node_rows(nodes: &[Node]) -> String {
             "region",
             "state",
             "capacity",
+            "reported",
             "allocated",
             "slivers",
             "tunnel",
@@ -715,7 +716,16 @@ fn node_rows(nodes: &[Node]) -> String {
                     n.region.clone(),
                     n.state.to_string(),
                     resources(&n.capacity),
-                    resources(&n.allocated),
+                    n.reported_capacity
+                        .as_ref()
+                        .map(reported)
+                        .unwrap_or_else(|| "-".into()),
+                    // "!" marks a node holding more than it reported having.
+                    if n.overcommitted().is_empty() {
+                        resources(&n.allocated)
+                    } else {
+                        format!("{}!", resources(&n.allocated))
+                    },
                     n.slivers.to_string(),
                     n.tunnel_address
                         .map(|a| a.to_string())
@@ -727,6 +737,40 @@ fn node_rows(nodes: &[Node]) -> String {
             })
             .collect::<Vec<_>>(),
     )
+}
+
+fn node_text(n: &Node) -> String {
+    let mut out = format!(
+        "{}\nidentity key: {}\nWireGuard key: {}\nconsole: {}\nlast seen: {}\n",
+        node_rows(std::slice::from_ref(n)),
+        n.public_key,
+        n.wg_public_key
+            .map(|k| k.to_string())
+            .unwrap_or_else(|| "- (not registered yet)".into()),
+        n.console
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "- (none registered)".into()),
+        n.last_seen.map(utc).unwrap_or_else(|| "never".into())
+    );
+    out.push_str(&format!(
+        "capacity: configured {}; reported {}; placement uses {}",
+        resources(&n.capacity),
+        match (&n.reported_capacity, n.capacity_reported_at) {
+            (Some(r), Some(at)) => format!("{} at {}", reported(r), utc(at)),
+            (Some(r), None) => reported(r),
+            _ => "nothing (the configured figure stands)".into(),
+        },
+        resources(&n.usable_capacity()),
+    ));
+    let over = n.overcommitted();
+    if !over.is_empty() {
+        out.push_str(&format!(
+            "\nwarning: slivers hold {} but the node reported less {} than that: nothing new is placed here; its slivers keep running (remove some, or check the host)",
+            resources(&n.allocated),
+            over.join(", ")
+        ));
+    }
+    out
 }
 
 /// Runs a `node` registry command (creates its own tokio runtime). It is
@@ -776,17 +820,7 @@ async fn node(c: NodeCommand) -> anyhow::Result<()> {
         }
         NodeCommand::Show { conn, name } => {
             let n = conn.client()?.node(&name).await?;
-            print(&conn, &n, || {
-                format!(
-                    "{}\nidentity key: {}\nWireGuard key: {}\nlast seen: {}",
-                    node_rows(std::slice::from_ref(&n)),
-                    n.public_key,
-                    n.wg_public_key
-                        .map(|k| k.to_string())
-                        .unwrap_or_else(|| "- (not registered yet)".into()),
-                    n.last_seen.map(utc).unwrap_or_else(|| "never".into())
-                )
-            })
+            print(&conn, &n, || node_text(&n))
         }
         NodeCommand::Disable { conn, name } => {
             let n = conn.client()?.set_node_enabled(&name, false).await?;
@@ -1214,5 +1248,78 @@ async fn enclave(c: EnclaveCommand) -> anyhow::Result<()> {
             let d = conn.client()?.delete_enclave(&slice, &name).await?;
             print(&conn, &d, || d.message.clone())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ReportedCapacity;
+
+    fn node(reported: Option<ReportedCapacity>, allocated_vcpus: u32) -> Node {
+        Node {
+            name: "ams-n1".into(),
+            site: "ams".into(),
+            region: "eu".into(),
+            country: "NL".into(),
+            public_key: PublicKey([1; 32]),
+            capacity: Resources {
+                vcpus: 8,
+                memory_mib: 8192,
+                disk_gib: 100,
+                bandwidth_mbps: 1000,
+            },
+            reported_capacity: reported,
+            capacity_reported_at: reported.map(|_| 0),
+            allocated: Resources {
+                vcpus: allocated_vcpus,
+                memory_mib: 512,
+                disk_gib: 2,
+                bandwidth_mbps: 20,
+            },
+            slivers: 2,
+            state: NodeState::Up,
+            wg_public_key: None,
+            tunnel_address: None,
+            endpoint: None,
+            last_seen: None,
+            console: Some("198.18.0.1:7000".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn node_show_gives_both_capacities_and_flags_an_overcommitted_node() {
+        let report = ReportedCapacity {
+            vcpus: 1,
+            memory_mib: 4096,
+            disk_gib: None,
+            bandwidth_mbps: None,
+        };
+        let text = node_text(&node(Some(report), 2));
+        assert!(text.contains("configured 8c 8192M 100G 1000Mb"), "{text}");
+        assert!(
+            text.contains("reported 1c 4096M at 1970-01-01 00:00:00 UTC"),
+            "{text}"
+        );
+        assert!(
+            text.contains("placement uses 1c 4096M 100G 1000Mb"),
+            "{text}"
+        );
+        assert!(text.contains("console: 198.18.0.1:7000"), "{text}");
+        assert!(
+            text.contains("warning: slivers hold 2c 512M 2G 20Mb but the node reported less vcpus"),
+            "{text}"
+        );
+        assert!(
+            text.contains("2c 512M 2G 20Mb!"),
+            "the list marks it: {text}"
+        );
+
+        let fine = node_text(&node(None, 2));
+        assert!(fine.contains("reported nothing"), "{fine}");
+        assert!(
+            !fine.contains("warning") && !fine.contains("20Mb!"),
+            "{fine}"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Human output: aligned tables, times, durations and resources.
 
-use crate::model::Resources;
+use crate::model::{ReportedCapacity, Resources};
 
 /// Renders rows under headers, columns padded to their widest cell.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
@@ -84,6 +84,18 @@ pub fn resources(r: &Resources) -> String {
         "{}c {}M {}G {}Mb",
         r.vcpus, r.memory_mib, r.disk_gib, r.bandwidth_mbps
     )
+}
+
+/// "2c 8192M 40G" (only the dimensions the node measures).
+pub fn reported(r: &ReportedCapacity) -> String {
+    let mut out = format!("{}c {}M", r.vcpus, r.memory_mib);
+    if let Some(d) = r.disk_gib {
+        out.push_str(&format!(" {d}G"));
+    }
+    if let Some(b) = r.bandwidth_mbps {
+        out.push_str(&format!(" {b}Mb"));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! The database stays the only source of truth. Triggers (migration 0002)
 //! keep each node's usage in its row and stamp the row with the next
 //! `node_rev` counter value whenever anything placement reads about the
-//! node changes (slivers added or removed, capacity, state, liveness, site);
+//! node changes (slivers added or removed, configured or reported capacity
+//! (migration 0003), state, liveness, site);
 //! removed nodes leave a stamped tombstone. The index remembers the highest
 //! revision it has read, and a refresh reads only the rows stamped later,
 //! inside the caller's transaction. No handler has to remember to update
@@ -14,7 +15,7 @@
 use sqlx::{FromRow, SqliteConnection};
 
 use super::error::ApiResult;
-use super::store::{node_state, resources};
+use super::store::{node_state, reported_capacity, resources, usable_capacity};
 use crate::placement::NodeView;
 
 /// `state` of a tombstone row: the node was removed.
@@ -26,6 +27,7 @@ macro_rules! capacity_select {
             "SELECT n.id, n.name, s.name AS site, s.region, s.country, s.latitude, s.longitude, ",
             "n.vcpus, n.memory_mib, n.disk_gib, n.bandwidth_mbps, ",
             "n.used_vcpus, n.used_memory_mib, n.used_disk_gib, n.used_bandwidth_mbps, ",
+            "n.reported_vcpus, n.reported_memory_mib, n.reported_disk_gib, n.reported_bandwidth_mbps, ",
             "n.state, n.last_seen, n.rev FROM nodes n JOIN sites s ON s.id = n.site_id ",
             $tail
         )
@@ -50,6 +52,10 @@ pub struct CapacityRow {
     used_memory_mib: i64,
     used_disk_gib: i64,
     used_bandwidth_mbps: i64,
+    reported_vcpus: Option<i64>,
+    reported_memory_mib: Option<i64>,
+    reported_disk_gib: Option<i64>,
+    reported_bandwidth_mbps: Option<i64>,
     state: String,
     last_seen: Option<i64>,
     rev: i64,
@@ -57,11 +63,21 @@ pub struct CapacityRow {
 
 impl CapacityRow {
     fn into_entry(self) -> (NodeView, Liveness) {
-        let capacity = resources(
-            self.vcpus,
-            self.memory_mib,
-            self.disk_gib,
-            self.bandwidth_mbps,
+        // The operator's figure is a ceiling, the node's report the truth:
+        // placement fills the smaller of the two.
+        let capacity = usable_capacity(
+            resources(
+                self.vcpus,
+                self.memory_mib,
+                self.disk_gib,
+                self.bandwidth_mbps,
+            ),
+            reported_capacity(
+                self.reported_vcpus,
+                self.reported_memory_mib,
+                self.reported_disk_gib,
+                self.reported_bandwidth_mbps,
+            ),
         );
         let used = resources(
             self.used_vcpus,
@@ -127,7 +143,7 @@ impl CapacityIndex {
     pub async fn changes_since(c: &mut SqliteConnection, rev: i64) -> ApiResult<Vec<CapacityRow>> {
         Ok(sqlx::query_as(concat!(
             capacity_select!("WHERE n.rev > ?1 "),
-            "UNION ALL SELECT node_id, '', '', '', '', 0.0, 0.0, 0, 0, 0, 0, 0, 0, 0, 0, 'removed', NULL, rev ",
+            "UNION ALL SELECT node_id, '', '', '', '', 0.0, 0.0, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL, 'removed', NULL, rev ",
             "FROM node_removals WHERE rev > ?1"
         ))
         .bind(rev)

@@ -224,6 +224,16 @@ pub async fn register(
             ));
         }
     }
+    if let Some(c) = &req.capacity {
+        c.validate().map_err(ApiError::bad_request)?;
+    }
+    if let Some(a) = req.console {
+        if a.ip().is_unspecified() || a.port() == 0 {
+            return Err(ApiError::bad_request(format!(
+                "console address {a} cannot be connected to: register the address clients reach this node's console service at (e.g. its underlay address and port), not a wildcard listen address or port 0"
+            )));
+        }
+    }
     let pool = state
         .config
         .tunnel_pool()
@@ -258,15 +268,35 @@ pub async fn register(
     let changed = row.wg_public_key.as_deref() != Some(wg.as_str())
         || row.endpoint != endpoint
         || current != Some(tunnel);
-    sqlx::query("UPDATE nodes SET wg_public_key = ?, endpoint = ?, tunnel_address = ?, software = ?, last_seen = ?, state = CASE WHEN state = 'disabled' THEN 'disabled' ELSE 'up' END WHERE id = ?")
+    let reports_changed = row.reported_capacity() != req.capacity || row.console() != req.console;
+    // A registration states the node's whole current configuration: what it
+    // leaves out (capacity, console) it no longer reports.
+    let c = req.capacity;
+    sqlx::query("UPDATE nodes SET wg_public_key = ?, endpoint = ?, tunnel_address = ?, software = ?, last_seen = ?, state = CASE WHEN state = 'disabled' THEN 'disabled' ELSE 'up' END, reported_vcpus = ?, reported_memory_mib = ?, reported_disk_gib = ?, reported_bandwidth_mbps = ?, capacity_reported_at = ?, console = ? WHERE id = ?")
         .bind(&wg)
         .bind(&endpoint)
         .bind(tunnel.to_string())
         .bind(&req.software)
         .bind(now)
+        .bind(c.map(|c| c.vcpus as i64))
+        .bind(c.map(|c| c.memory_mib as i64))
+        .bind(c.and_then(|c| c.disk_gib).map(|d| d as i64))
+        .bind(c.and_then(|c| c.bandwidth_mbps).map(|b| b as i64))
+        .bind(c.map(|_| now))
+        .bind(req.console.map(|a| a.to_string()))
         .bind(node_id)
         .execute(&mut *w.tx)
         .await?;
+    if changed || reports_changed {
+        store::audit(
+            &mut w.tx,
+            &caller.actor(),
+            "node.register",
+            &node,
+            serde_json::to_value(&req).unwrap_or_default(),
+        )
+        .await?;
+    }
     if changed {
         // Peers need the new key or endpoint: every sliver that shares an
         // enclave with a sliver on this node gets a new ticket.
@@ -276,14 +306,6 @@ pub async fn register(
             .await?;
         let affected = store::co_members(&mut w.tx, &own).await?;
         tickets::reissue(&state, &mut w, &affected).await?;
-        store::audit(
-            &mut w.tx,
-            &caller.actor(),
-            "node.register",
-            &node,
-            serde_json::to_value(&req).unwrap_or_default(),
-        )
-        .await?;
     }
     let row = store::node_by_name(&mut w.tx, &node).await?;
     let epoch = tickets::node_epoch(&mut w.tx, node_id).await?;
@@ -308,6 +330,9 @@ pub async fn heartbeat(
             "a heartbeat reports at most 10000 slivers",
         ));
     }
+    if let Some(c) = &req.capacity {
+        c.validate().map_err(ApiError::bad_request)?;
+    }
     let now = crate::auth::now_secs();
     let mut w = state.write().await?;
     sqlx::query("UPDATE nodes SET last_seen = ?, state = CASE WHEN state = 'disabled' THEN 'disabled' ELSE 'up' END WHERE id = ?")
@@ -315,6 +340,30 @@ pub async fn heartbeat(
         .bind(node_id)
         .execute(&mut *w.tx)
         .await?;
+    if let Some(c) = req.capacity {
+        let before = store::node_by_name(&mut w.tx, &node)
+            .await?
+            .reported_capacity();
+        sqlx::query("UPDATE nodes SET reported_vcpus = ?, reported_memory_mib = ?, reported_disk_gib = ?, reported_bandwidth_mbps = ?, capacity_reported_at = ? WHERE id = ?")
+            .bind(c.vcpus as i64)
+            .bind(c.memory_mib as i64)
+            .bind(c.disk_gib.map(|d| d as i64))
+            .bind(c.bandwidth_mbps.map(|b| b as i64))
+            .bind(now)
+            .bind(node_id)
+            .execute(&mut *w.tx)
+            .await?;
+        if before != Some(c) {
+            store::audit(
+                &mut w.tx,
+                &caller.actor(),
+                "node.capacity",
+                &node,
+                serde_json::json!({ "before": before, "reported": c }),
+            )
+            .await?;
+        }
+    }
     let mut unknown = Vec::new();
     for r in &req.slivers {
         let message: Option<String> = r.message.as_ref().map(|m| m.chars().take(500).collect());

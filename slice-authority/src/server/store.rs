@@ -11,7 +11,7 @@ use super::authn::PrincipalCtx;
 use super::error::{ApiError, ApiResult};
 use crate::api::{self, NodeState, SliverState};
 use crate::keys::PublicKey;
-use crate::model::{Appliance, Resources};
+use crate::model::{Appliance, ReportedCapacity, Resources};
 
 /// A write transaction.
 pub type Tx = Transaction<'static, Sqlite>;
@@ -85,6 +85,12 @@ pub struct NodeRow {
     pub used_disk_gib: i64,
     pub used_bandwidth_mbps: i64,
     pub sliver_count: i64,
+    pub reported_vcpus: Option<i64>,
+    pub reported_memory_mib: Option<i64>,
+    pub reported_disk_gib: Option<i64>,
+    pub reported_bandwidth_mbps: Option<i64>,
+    pub capacity_reported_at: Option<i64>,
+    pub console: Option<String>,
 }
 
 macro_rules! node_select {
@@ -94,7 +100,10 @@ macro_rules! node_select {
             "n.public_key, n.vcpus, n.memory_mib, n.disk_gib, n.bandwidth_mbps, n.state, n.wg_public_key, ",
             "n.tunnel_address, n.endpoint, n.last_seen, ",
             // Kept by triggers on slivers (migration 0002).
-            "n.used_vcpus, n.used_memory_mib, n.used_disk_gib, n.used_bandwidth_mbps, n.sliver_count ",
+            "n.used_vcpus, n.used_memory_mib, n.used_disk_gib, n.used_bandwidth_mbps, n.sliver_count, ",
+            // Reported by the node (migration 0003).
+            "n.reported_vcpus, n.reported_memory_mib, n.reported_disk_gib, n.reported_bandwidth_mbps, ",
+            "n.capacity_reported_at, n.console ",
             "FROM nodes n JOIN sites s ON s.id = n.site_id ",
             $tail
         )
@@ -127,6 +136,30 @@ pub fn resources(vcpus: i64, memory_mib: i64, disk_gib: i64, bandwidth_mbps: i64
     }
 }
 
+/// A reported capacity from registry columns: present when vCPUs and
+/// memory were reported (negative values read as 0).
+pub fn reported_capacity(
+    vcpus: Option<i64>,
+    memory_mib: Option<i64>,
+    disk_gib: Option<i64>,
+    bandwidth_mbps: Option<i64>,
+) -> Option<ReportedCapacity> {
+    Some(ReportedCapacity {
+        vcpus: vcpus?.clamp(0, u32::MAX as i64) as u32,
+        memory_mib: memory_mib?.max(0) as u64,
+        disk_gib: disk_gib.map(|d| d.max(0) as u64),
+        bandwidth_mbps: bandwidth_mbps.map(|b| b.max(0) as u64),
+    })
+}
+
+/// The capacity placement may fill: the configured one, lowered to the reported one.
+pub fn usable_capacity(configured: Resources, reported: Option<ReportedCapacity>) -> Resources {
+    match reported {
+        Some(r) => r.cap(&configured),
+        None => configured,
+    }
+}
+
 /// A node's state at `now`: the stored state ("new", "up", "disabled")
 /// with liveness applied ("up" but not heard from in time is down).
 pub fn node_state(stored: &str, last_seen: Option<i64>, now: i64, liveness_secs: u64) -> NodeState {
@@ -147,6 +180,21 @@ impl NodeRow {
             self.disk_gib,
             self.bandwidth_mbps,
         )
+    }
+
+    /// What the node reported, if anything.
+    pub fn reported_capacity(&self) -> Option<ReportedCapacity> {
+        reported_capacity(
+            self.reported_vcpus,
+            self.reported_memory_mib,
+            self.reported_disk_gib,
+            self.reported_bandwidth_mbps,
+        )
+    }
+
+    /// The registered console address.
+    pub fn console(&self) -> Option<SocketAddr> {
+        self.console.as_deref().and_then(|a| a.parse().ok())
     }
 
     /// Sum of the slivers' reservations.
@@ -173,6 +221,8 @@ impl NodeRow {
             country: self.country.clone(),
             public_key: self.public_key.parse().unwrap_or(PublicKey([0; 32])),
             capacity: self.capacity(),
+            reported_capacity: self.reported_capacity(),
+            capacity_reported_at: self.capacity_reported_at,
             allocated: self.allocated(),
             slivers: self.sliver_count as u32,
             state: self.state(now, liveness_secs),
@@ -183,6 +233,7 @@ impl NodeRow {
                 .as_deref()
                 .and_then(|a| a.parse::<SocketAddr>().ok()),
             last_seen: self.last_seen,
+            console: self.console(),
         }
     }
 }

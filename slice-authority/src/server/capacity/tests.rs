@@ -13,7 +13,7 @@ use crate::api::{
 use crate::client::{Client, ClientError};
 use crate::config::Config;
 use crate::keys::{self, PublicKey};
-use crate::model::Resources;
+use crate::model::{ReportedCapacity, Resources};
 use crate::server::{AppState, Authority, RunningAuthority};
 
 struct Env {
@@ -147,6 +147,28 @@ fn vcpus_used(state: &AppState) -> u32 {
         .sum()
 }
 
+/// Placement sees the reported memory minus the allocations, and the API says the same.
+async fn assert_free_memory(state: &AppState, admin: &Client, node: &str, reported_mib: u64) {
+    let shown = admin.node(node).await.unwrap();
+    assert_eq!(
+        shown.usable_capacity().memory_mib,
+        reported_mib,
+        "{shown:?}"
+    );
+    let free = {
+        let writer = state.write_lock.try_lock().expect("no writer running");
+        let index = writer.capacity.as_ref().expect("index loaded");
+        index
+            .views
+            .iter()
+            .find(|v| v.name == node)
+            .expect("node in the index")
+            .free
+            .memory_mib
+    };
+    assert_eq!(free, reported_mib - shown.allocated.memory_mib);
+}
+
 #[tokio::test]
 async fn index_follows_every_kind_of_registry_change() {
     let env = start().await;
@@ -214,15 +236,39 @@ async fn index_follows_every_kind_of_registry_change() {
             endpoint: Some("127.0.0.1:51820".parse().unwrap()),
             tunnel_address: None,
             software: None,
+            capacity: Some(ReportedCapacity {
+                vcpus: 8,
+                memory_mib: 2048,
+                disk_gib: None,
+                bandwidth_mbps: None,
+            }),
+            console: None,
         },
     )
     .await
     .unwrap();
-    assert_index_is_the_registry(state, "a node registering").await;
-    node.heartbeat("ams-n1", &Heartbeat { slivers: vec![] })
+    assert_index_is_the_registry(state, "a node registering with its capacity").await;
+    assert_free_memory(state, admin, "ams-n1", 2048).await;
+    node.heartbeat("ams-n1", &Heartbeat::default())
         .await
         .unwrap();
     assert_index_is_the_registry(state, "a heartbeat").await;
+    node.heartbeat(
+        "ams-n1",
+        &Heartbeat {
+            capacity: Some(ReportedCapacity {
+                vcpus: 8,
+                memory_mib: 1024,
+                disk_gib: Some(20),
+                bandwidth_mbps: None,
+            }),
+            ..Heartbeat::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_index_is_the_registry(state, "a heartbeat reporting less memory").await;
+    assert_free_memory(state, admin, "ams-n1", 1024).await;
 
     add_node(admin, "nyc-n2", "nyc", 8).await;
     admin.remove_node("nyc-n2").await.unwrap();
@@ -265,6 +311,25 @@ async fn writes_that_bypass_the_handlers_reach_placement() {
     assert_eq!(views[0].free.vcpus, 8, "{views:?}");
     w.commit(&env.state).await.unwrap();
     assert_index_is_the_registry(&env.state, "a direct delete").await;
+    env.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reported_capacity_written_directly_reaches_placement() {
+    let env = start().await;
+    add_node(&env.admin, "ams-n1", "ams", 8).await;
+    assert_index_is_the_registry(&env.state, "adding a node").await;
+    // Straight to the database: the trigger of migration 0003 stamps the row.
+    sqlx::query("UPDATE nodes SET reported_vcpus = 3, reported_memory_mib = 99999")
+        .execute(&env.state.db)
+        .await
+        .unwrap();
+    let mut w = env.state.write().await.unwrap();
+    let views = w.node_views(crate::auth::now_secs(), 120).await.unwrap();
+    // vCPUs lowered to the report, memory kept at the operator's ceiling.
+    assert_eq!((views[0].free.vcpus, views[0].free.memory_mib), (3, 8192));
+    w.commit(&env.state).await.unwrap();
+    assert_index_is_the_registry(&env.state, "a direct report").await;
     env.running.shutdown().await;
 }
 
