@@ -141,6 +141,25 @@ fn slivers_at_three_sites_form_an_enclave_that_survives_failures_and_revocation(
         "other members unaffected"
     );
 
+    // An authority outage stops neither the slivers nor their enclave.
+    cluster.kill_authority();
+    let outage = Instant::now();
+    while cluster.node_status(ams_node).unwrap().authority_reachable {
+        assert!(
+            outage.elapsed() < Duration::from_secs(20),
+            "outage not noticed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        guest_ping(&cluster, &slivers[1], &slivers[0], 2),
+        2,
+        "enclave down during the outage"
+    );
+    cluster.start_authority().unwrap();
+    cluster.wait_for_authority(Duration::from_secs(30)).unwrap();
+    progress("an authority outage left the enclave working");
+
     // Killing a node is detected by the others within seconds.
     let iad_node = cluster.node_index(&slivers[1].node).unwrap();
     let killed_at = Instant::now();

@@ -107,6 +107,7 @@ pub struct Cluster {
     pub authority_dir: PathBuf,
     pub admin_key_path: PathBuf,
     slicenet_bin: PathBuf,
+    work_dir: PathBuf,
     authority: Option<Child>,
     admin: Client,
     control: tokio::runtime::Runtime,
@@ -195,13 +196,6 @@ impl Cluster {
         progress(&format!(
             "starting the slice authority at http://{authority_addr}"
         ));
-        let mut cmd = bed
-            .site(1)
-            .command(&options.slicenet_bin.display().to_string());
-        cmd.args(["authority", "--data-dir"])
-            .arg(&authority_dir)
-            .args(["--listen", &authority_addr]);
-        let authority = spawn_logged(cmd, &options.work_dir.join("authority.log"))?;
         let authority_url = format!("http://{authority_addr}");
         let admin_key_path = authority_dir.join("admin.key");
 
@@ -212,12 +206,14 @@ impl Cluster {
             authority_dir: authority_dir.clone(),
             admin_key_path: admin_key_path.clone(),
             slicenet_bin: options.slicenet_bin.clone(),
-            authority: Some(authority),
+            authority: None,
+            work_dir: options.work_dir.clone(),
             // Replaced as soon as the admin key exists.
             admin: Client::new(&authority_url, keys::generate()),
             control,
             bed,
         };
+        cluster.start_authority()?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(key) = keys::read_secret_key(&admin_key_path) {
@@ -322,6 +318,53 @@ impl Cluster {
         }
         cluster.wait_for_members(Duration::from_secs(60))?;
         Ok(cluster)
+    }
+
+    /// Starts the authority process in site 1 (again, after
+    /// [`Cluster::kill_authority`]); its data directory persists.
+    pub fn start_authority(&mut self) -> anyhow::Result<()> {
+        let addr = self.authority_url.trim_start_matches("http://").to_string();
+        let mut cmd = self
+            .bed
+            .site(1)
+            .command(&self.slicenet_bin.display().to_string());
+        cmd.args(["authority", "--data-dir"])
+            .arg(&self.authority_dir)
+            .args(["--listen", &addr]);
+        let log = self
+            .work_dir
+            .join(if self.authority_dir.join("authority.db").exists() {
+                "authority.restarted.log"
+            } else {
+                "authority.log"
+            });
+        self.authority = Some(spawn_logged(cmd, &log)?);
+        Ok(())
+    }
+
+    /// Kills the authority with SIGKILL (an outage).
+    pub fn kill_authority(&mut self) {
+        if let Some(mut child) = self.authority.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits until the authority answers requests.
+    pub fn wait_for_authority(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let admin = self.admin();
+            if self.run(async move { admin.whoami().await }).is_ok() {
+                return Ok(());
+            }
+            check_cancelled()?;
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the authority did not answer within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Runs a future on the control runtime (inside site 1) and waits for it.

@@ -335,6 +335,8 @@ async fn register(
         endpoint: Some(config.advertised_endpoint()),
         tunnel_address: None,
         software: Some(format!("slicenet {}", env!("CARGO_PKG_VERSION"))),
+        capacity: None,
+        console: None,
     };
     let cached = store.registration()?;
     let mut delay = Duration::from_millis(250);
@@ -658,6 +660,7 @@ async fn heartbeat(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
         // Every 30 s, and at once when a sliver changes phase.
         if now != last || since_sent >= Duration::from_secs(30) {
             let hb = Heartbeat {
+                capacity: None,
                 slivers: statuses
                     .iter()
                     .map(|s| SliverReport {
