@@ -293,7 +293,9 @@ impl Cluster {
                  [site]\nname = \"{site_name}\"\nregion = \"{region}\"\nlatitude = {lat}\nlongitude = {lon}\n\n\
                  [authority]\nurl = \"{authority_url}\"\npublic_key = \"{authority_pub}\"\n\n\
                  [membership]\nlisten = \"{addr}:{MEMBERSHIP_PORT}\"\n{bootstrap_line}\n\n\
-                 [overlay]\nlisten = \"{addr}:{OVERLAY_PORT}\"\n\n{runtime}",
+                 [overlay]\nlisten = \"{addr}:{OVERLAY_PORT}\"\n\n\
+                 # All sites share this machine: each node offers a share of it.\n\
+                 [capacity]\nvcpus = 4\nmemory_mib = 4096\n\n{runtime}",
                 data = data_dir.display().to_string(),
                 dirs = dirs.join(", "),
                 site_name = info.name,

@@ -29,6 +29,7 @@ use slicenet_authority::api::{
 };
 use slicenet_authority::client::{Client, ClientError};
 use slicenet_authority::keys::{self, PublicKey as Ed25519Key};
+use slicenet_authority::model::ReportedCapacity;
 use slicenet_authority::ticket::{self, Applied, TicketBook};
 use slicenet_overlay::{Overlay, OverlayConfig, OverlayStatus, PrivateKey};
 use tokio::sync::{watch, Mutex};
@@ -328,6 +329,7 @@ async fn register(
     store: &StateDir,
     wg_public: [u8; 32],
     pinned: Ed25519Key,
+    capacity: &ReportedCapacity,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<CachedRegistration>, DaemonError> {
     let registration = NodeRegistration {
@@ -335,7 +337,7 @@ async fn register(
         endpoint: Some(config.advertised_endpoint()),
         tunnel_address: None,
         software: Some(format!("slicenet {}", env!("CARGO_PKG_VERSION"))),
-        capacity: None,
+        capacity: Some(*capacity),
         console: None,
     };
     let cached = store.registration()?;
@@ -383,7 +385,10 @@ async fn register(
     }
 }
 
-fn host_capacity(config: &NodeConfig) -> Capacity {
+/// What this node offers slivers: the host's CPUs, its memory minus
+/// 512 MiB for the host itself, and the free disk under the data directory
+/// — each unless the configuration's `[capacity]` says otherwise.
+fn host_capacity(config: &NodeConfig) -> ReportedCapacity {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1) as u32;
@@ -395,16 +400,28 @@ fn host_capacity(config: &NodeConfig) -> Capacity {
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
-        .map(|kb| (kb / 1024) as u32)
+        .map(|kb| kb / 1024)
         .unwrap_or(1024);
-    Capacity {
-        vcpus: config.capacity.vcpus.unwrap_or(cpus) as u16,
-        // Keep 512 MiB for the host itself.
+    let disk_gib = nix::sys::statvfs::statvfs(&config.data_dir)
+        .ok()
+        .map(|st| (st.blocks_available() * st.fragment_size()) >> 30);
+    ReportedCapacity {
+        vcpus: config.capacity.vcpus.unwrap_or(cpus),
         memory_mib: config
             .capacity
             .memory_mib
+            .map(u64::from)
             .unwrap_or(mem_mib.saturating_sub(512)),
-        disk_gib: config.capacity.disk_gib.unwrap_or(10),
+        disk_gib: config.capacity.disk_gib.map(u64::from).or(disk_gib),
+        bandwidth_mbps: None,
+    }
+}
+
+fn record_capacity(c: &ReportedCapacity) -> Capacity {
+    Capacity {
+        vcpus: c.vcpus.min(u32::from(u16::MAX)) as u16,
+        memory_mib: c.memory_mib.min(u64::from(u32::MAX)) as u32,
+        disk_gib: c.disk_gib.unwrap_or(0).min(u64::from(u32::MAX)) as u32,
     }
 }
 
@@ -435,13 +452,32 @@ pub async fn run(
         limits.describe()
     );
 
+    let capacity = host_capacity(&config);
+    eprintln!(
+        "node {}: offers {} vCPUs, {} MiB memory{}",
+        config.name,
+        capacity.vcpus,
+        capacity.memory_mib,
+        capacity
+            .disk_gib
+            .map(|d| format!(", {d} GiB disk"))
+            .unwrap_or_default()
+    );
     let client = Client::new(&config.authority.url, identity.clone());
     eprintln!(
         "node {}: registering with the authority at {}",
         config.name, config.authority.url
     );
-    let Some(registration) =
-        register(&client, &config, &store, wg_public, pinned, &mut shutdown).await?
+    let Some(registration) = register(
+        &client,
+        &config,
+        &store,
+        wg_public,
+        pinned,
+        &capacity,
+        &mut shutdown,
+    )
+    .await?
     else {
         return Ok(());
     };
@@ -474,7 +510,7 @@ pub async fn run(
                 lon_e6: 0,
             },
         ),
-        capacity: host_capacity(&config),
+        capacity: record_capacity(&capacity),
         wireguard_key: WgPublicKey::from_bytes(wg_public),
         tunnel_addr: registration.tunnel_address,
         underlay: vec![config.advertised_endpoint()],
