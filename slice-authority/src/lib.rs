@@ -3,6 +3,8 @@
 //! Modules other crates use:
 //! - [`ticket`]: ticket documents, their canonical signed encoding and
 //!   offline verification ([`ticket::verify`]) for nodes;
+//! - [`grant`]: console grants (short-lived, signed permission to attach
+//!   to a sliver's console), verified offline by nodes, and the console handshake;
 //! - [`client`]: an HTTP client that signs requests with a principal's or a node's key;
 //! - [`keys`]: key files (contract 2);
 //! - [`api`]: the JSON request and response types of the HTTP API;
@@ -13,6 +15,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod grant;
 pub mod keys;
 pub mod model;
 pub mod placement;
