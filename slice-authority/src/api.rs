@@ -347,6 +347,36 @@ impl SignedTicket {
     }
 }
 
+/// Reply of `POST /v1/slices/{slice}/slivers/{id}/console`: a console
+/// grant and where to present it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsoleGrantReply {
+    /// The signed grant, base64 (canonical bytes, see [`crate::grant`]).
+    pub grant: String,
+    /// The grant's id in hex, as the audit log records it.
+    pub grant_id: String,
+    /// The sliver.
+    pub sliver_id: u64,
+    /// Its slice.
+    pub slice: String,
+    /// The node that runs it.
+    pub node: String,
+    /// That node's identity key: the node proves it holds it in the handshake.
+    pub node_key: PublicKey,
+    /// The node's console address: connect there and run [`crate::grant::handshake`].
+    pub console: SocketAddr,
+    /// Unix seconds from which the node refuses the grant.
+    pub expires_at: i64,
+}
+
+impl ConsoleGrantReply {
+    /// The signed grant bytes.
+    pub fn bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.decode(&self.grant)
+    }
+}
+
 /// A principal's role at a site.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -169,6 +169,19 @@ impl Client {
             .await
     }
 
+    /// A console grant for a sliver (`POST /v1/slices/{slice}/slivers/{id}/console`):
+    /// present it, with a proof of this client's key, at `reply.console`
+    /// ([`crate::grant::handshake`]).
+    pub async fn console_grant(&self, slice: &str, sliver: u64) -> ClientResult<ConsoleGrantReply> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/v1/slices/{}/slivers/{sliver}/console", segment(slice)),
+            None,
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
     /// `GET /v1/authority` without a signature: works before the key is registered.
     pub async fn authority_info(&self) -> ClientResult<AuthorityInfo> {
         let url = format!("{}/v1/authority", self.base);

@@ -34,6 +34,8 @@ pub struct Config {
     pub enclave_prefix_len: u8,
     /// VNI of the first enclave; later ones count up.
     pub vni_base: u32,
+    /// How long a console grant is valid (seconds, 10 to 3600): long enough to connect, short enough that a leaked one is soon useless.
+    pub console_grant_secs: u64,
     /// SQLite `synchronous` setting: "full" survives power loss, "normal" only process crashes.
     pub synchronous: String,
 }
@@ -53,6 +55,7 @@ impl Default for Config {
             enclave_pool: "198.19.0.0/16".into(),
             enclave_prefix_len: 24,
             vni_base: 1000,
+            console_grant_secs: 60,
             synchronous: "full".into(),
         }
     }
@@ -223,6 +226,16 @@ impl Config {
                 format!("must be between {} and 30", enclaves.len),
             );
         }
+        if !(10..=crate::grant::MAX_GRANT_SECS as u64).contains(&self.console_grant_secs) {
+            return invalid(
+                "console_grant_secs",
+                format!(
+                    "{} is outside 10..={}",
+                    self.console_grant_secs,
+                    crate::grant::MAX_GRANT_SECS
+                ),
+            );
+        }
         if self.max_body_bytes < 1024 {
             return invalid("max_body_bytes", "at least 1024".into());
         }
@@ -266,6 +279,11 @@ mod tests {
         assert_eq!(created.max_lease_secs, loaded.max_lease_secs);
         std::fs::write(&path, "max_lease_secs = 10\ndefault_lease_secs = 20\n").unwrap();
         assert!(Config::load_or_create(&path).is_err());
+        std::fs::write(&path, "console_grant_secs = 5\n").unwrap();
+        assert!(Config::load_or_create(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("console_grant_secs"));
         std::fs::write(&path, "no_such_key = 1\n").unwrap();
         assert!(Config::load_or_create(&path).is_err());
     }

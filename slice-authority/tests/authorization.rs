@@ -28,6 +28,7 @@ enum Op {
     TicketsRead,
     NodeRegister,
     SitesList,
+    ConsoleGrant,
 }
 
 const ROLES: [&str; 6] = ["admin", "pi", "member", "outsider", "other_pi", "node"];
@@ -39,7 +40,9 @@ fn allowed(op: Op) -> &'static [&'static str] {
         SiteCreate | SiteRemove | UserRemove | AuditRead => &["admin"],
         NodeCreate | NodeDisable | NodeRemove | UserCreate | SliceCreate | SliceMembers
         | SliceDelete => &["admin", "pi"],
-        SliceRenew | SliverAdd | SliverRemove | EnclaveCreate => &["admin", "pi", "member"],
+        SliceRenew | SliverAdd | SliverRemove | EnclaveCreate | ConsoleGrant => {
+            &["admin", "pi", "member"]
+        }
         TicketsRead => &["admin", "node"],
         NodeRegister => &["node"],
         SitesList => &["admin", "pi", "member", "outsider", "other_pi", "node"],
@@ -211,12 +214,36 @@ async fn attempt(op: Op, who: &Client, i: usize, admin: &Client) -> Result<(), C
                     tunnel_address: None,
                     software: None,
                     capacity: None,
-                    console: None,
+                    console: Some("127.0.0.1:7000".parse().unwrap()),
                 },
             )
             .await
             .map(drop),
         Op::SitesList => who.sites().await.map(drop),
+        Op::ConsoleGrant => {
+            // On ams-n1, which registered a console address.
+            let mut on_n1 = one_at("ams");
+            on_n1.groups[0].nodes = vec!["ams-n1".into()];
+            let added = admin
+                .add_slivers(
+                    "ams_x",
+                    &AddSlivers {
+                        placement: on_n1,
+                        dry_run: false,
+                    },
+                )
+                .await
+                .unwrap();
+            let id = added
+                .slice
+                .unwrap()
+                .slivers
+                .iter()
+                .map(|s| s.id)
+                .max()
+                .unwrap();
+            who.console_grant("ams_x", id).await.map(drop)
+        }
     }
 }
 
@@ -232,6 +259,19 @@ async fn every_role_may_do_exactly_what_its_role_allows() {
     let outsider = add_user(&env, &env.admin, "outsider", false, &[("ams", Role::User)]).await;
     let other_pi = add_user(&env, &env.admin, "other_pi", false, &[("nrt", Role::Pi)]).await;
     let node = env.client(node_key);
+    node.register_node(
+        "ams-n1",
+        &NodeRegistration {
+            wg_public_key: PublicKey([5; 32]),
+            endpoint: None,
+            tunnel_address: None,
+            software: None,
+            capacity: None,
+            console: Some("127.0.0.1:7000".parse().unwrap()),
+        },
+    )
+    .await
+    .unwrap();
     pi.create_slice(&NewSlice {
         name: "ams_x".into(),
         description: String::new(),
@@ -263,6 +303,7 @@ async fn every_role_may_do_exactly_what_its_role_allows() {
         TicketsRead,
         NodeRegister,
         SitesList,
+        ConsoleGrant,
     ];
     let mut failures = Vec::new();
     let mut i = 0;

@@ -40,6 +40,8 @@ pub struct PrincipalCtx {
     pub name: String,
     /// Administrator.
     pub admin: bool,
+    /// The key the request was signed with.
+    pub public_key: PublicKey,
     /// (site id, site name, role).
     pub sites: Vec<(i64, String, Role)>,
 }
@@ -274,6 +276,7 @@ async fn resolve(state: &Inner, key: &PublicKey) -> ApiResult<Caller> {
             id,
             name,
             admin,
+            public_key: *key,
             sites,
         }));
     }

@@ -4,11 +4,13 @@
 //!
 //! Layers, thin on purpose: [`authn`] turns a signed request into a caller,
 //! handlers in [`sites`], [`nodes`], [`principals`], [`slices`],
-//! [`enclaves`] check authorisation and validate input, [`tickets`] signs
-//! and delivers tickets, [`store`] holds the SQL they share.
+//! [`enclaves`], [`consoles`] check authorisation and validate input,
+//! [`tickets`] signs and delivers tickets, [`consoles`] also signs console
+//! grants, [`store`] holds the SQL they share.
 
 mod authn;
 mod capacity;
+mod consoles;
 mod enclaves;
 mod error;
 mod nodes;
@@ -554,6 +556,10 @@ fn router(state: AppState) -> Router {
         .route(
             "/v1/slices/{slice}/slivers/{sliver}",
             axum::routing::delete(slices::remove_sliver),
+        )
+        .route(
+            "/v1/slices/{slice}/slivers/{sliver}/console",
+            post(consoles::grant),
         )
         .route(
             "/v1/slices/{slice}/enclaves",
