@@ -1,11 +1,7 @@
 //! The microVM sliver runtime: one `slicenet-vmm` process per sliver.
 
-use std::path::PathBuf;
-use std::process::Stdio;
-
-use tokio::process::Command;
-
 use super::{RuntimeError, VmProcess, VmSpec};
+use std::path::PathBuf;
 
 /// Runs slivers in slicenet's own KVM microVM.
 #[derive(Debug, Clone)]
@@ -75,29 +71,11 @@ impl MicrovmRuntime {
         for path in [&spec.console_socket, &spec.control_socket] {
             let _ = std::fs::remove_file(path);
         }
-        let log_path = spec.console_log.with_extension("vmm.log");
-        let log = std::fs::File::create(&log_path).map_err(|source| RuntimeError::Prepare {
-            path: log_path.clone(),
-            source,
-        })?;
-        let log_err = log.try_clone().map_err(|source| RuntimeError::Prepare {
-            path: log_path,
-            source,
-        })?;
-        let mut command = Command::new(&self.binary);
-        super::process::die_with_parent(&mut command);
-        let child = command
-            .args(self.args(spec))
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| RuntimeError::Spawn {
-                program: self.binary.display().to_string(),
-                source,
-            })?;
-        Ok(VmProcess::new(child))
+        VmProcess::spawn(
+            &self.binary,
+            self.args(spec),
+            &spec.console_log.with_extension("vmm.log"),
+        )
     }
 }
 

@@ -15,10 +15,34 @@ pub struct VmProcess {
 }
 
 impl VmProcess {
-    /// Wraps a freshly spawned child (which must have `kill_on_drop(true)`).
-    pub(crate) fn new(child: Child) -> Self {
+    /// Starts `program` with `args` as a VM process: its output goes to
+    /// `log`, it is killed when dropped and when the node daemon dies.
+    pub(crate) fn spawn(
+        program: &std::path::Path,
+        args: Vec<String>,
+        log: &std::path::Path,
+    ) -> Result<VmProcess, super::RuntimeError> {
+        let prepare = |source| super::RuntimeError::Prepare {
+            path: log.to_path_buf(),
+            source,
+        };
+        let out = std::fs::File::create(log).map_err(prepare)?;
+        let err = out.try_clone().map_err(prepare)?;
+        let mut command = tokio::process::Command::new(program);
+        die_with_parent(&mut command);
+        let child = command
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| super::RuntimeError::Spawn {
+                program: program.display().to_string(),
+                source,
+            })?;
         let pid = child.id().unwrap_or(0);
-        VmProcess { child, pid }
+        Ok(VmProcess { child, pid })
     }
 
     /// Process id of the VM process.
@@ -60,7 +84,7 @@ impl VmProcess {
 /// Linux delivers the signal when the *thread* that spawned the child
 /// ends, so spawn VMs from the daemon's long-lived runtime threads, never
 /// from a `spawn_blocking` thread (those end when idle).
-pub(crate) fn die_with_parent(cmd: &mut tokio::process::Command) {
+fn die_with_parent(cmd: &mut tokio::process::Command) {
     // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no
     // memory of the parent; it runs in the child between fork and exec.
     unsafe {

@@ -1,12 +1,8 @@
 //! The QEMU sliver runtime: Debian's `qemu-system-x86_64`, q35 machine,
 //! virtio-net-pci NICs on `-netdev dgram` switch ports.
 
-use std::path::PathBuf;
-use std::process::Stdio;
-
-use tokio::process::Command;
-
 use super::{RuntimeError, VmProcess, VmSpec};
+use std::path::PathBuf;
 
 /// Runs slivers under QEMU, with KVM or with TCG software emulation.
 #[derive(Debug, Clone)]
@@ -103,29 +99,11 @@ impl QemuRuntime {
             let _ = std::fs::remove_file(&nic.vm_socket);
         }
         let _ = std::fs::remove_file(&spec.console_socket);
-        let log_path = spec.console_log.with_extension("qemu.log");
-        let log = std::fs::File::create(&log_path).map_err(|source| RuntimeError::Prepare {
-            path: log_path.clone(),
-            source,
-        })?;
-        let log_err = log.try_clone().map_err(|source| RuntimeError::Prepare {
-            path: log_path,
-            source,
-        })?;
-        let mut command = Command::new(&self.binary);
-        super::process::die_with_parent(&mut command);
-        let child = command
-            .args(self.args(spec))
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| RuntimeError::Spawn {
-                program: self.binary.display().to_string(),
-                source,
-            })?;
-        Ok(VmProcess::new(child))
+        VmProcess::spawn(
+            &self.binary,
+            self.args(spec),
+            &spec.console_log.with_extension("qemu.log"),
+        )
     }
 }
 

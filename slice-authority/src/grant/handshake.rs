@@ -303,7 +303,11 @@ pub fn verify_node_answer(
             )
         }
         FLAG_REFUSED => Err(GrantError::Refused {
-            reason: String::from_utf8_lossy(f.payload()).into_owned(),
+            // Shown to a person: no terminal control sequences from the network.
+            reason: String::from_utf8_lossy(f.payload())
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect(),
         }),
         other => Err(malformed("node answer", format!("unknown flag {other}"))),
     }

@@ -341,6 +341,13 @@ fn a_refusal_reaches_the_client_as_the_nodes_reason() {
             reason: "sliver 9 is not running here".into()
         })
     );
+    let hostile = handshake::refuse("no\x1b[2J");
+    assert_eq!(
+        handshake::verify_node_answer(&hostile, &s.grant, &s.bytes, &[0; 32], &[0; 32]),
+        Err(GrantError::Refused {
+            reason: "no?[2J".into()
+        })
+    );
     let long = handshake::refuse(&"é".repeat(2000));
     assert!(long.len() <= HEADER_LEN + handshake::MAX_REASON_LEN);
     assert!(String::from_utf8(long[HEADER_LEN..].to_vec()).is_ok());
