@@ -8,6 +8,8 @@ packages=(
   iproute2 iputils-ping iperf3 procps jq
   # interop tests and peer benchmarks: stock WireGuard and other overlays
   wireguard-go wireguard-tools tinc
+  # membership benchmark peer: HashiCorp Serf (SWIM gossip failure detection)
+  serf
   # sliver runtime without hardware KVM, nested-virtualization host, guests
   qemu-system-x86 seabios busybox-static cpio
   # ACPI table validation (iasl)

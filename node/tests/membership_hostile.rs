@@ -42,6 +42,7 @@ fn record(id: &NodeIdentity, seq: u64, timestamp_ms: u64, wg: u8) -> Vec<u8> {
         timestamp_ms,
         leaving: false,
         info: info(wg),
+        contacts: vec![],
     }
     .sign(id)
     .unwrap()
@@ -238,8 +239,8 @@ async fn hostile_records_are_refused_counted_and_evict_nobody() {
     let messages = vec![
         // Forged: claims the victim's id, signed by the attacker.
         gossip(GossipMessage::Record(&forged).to_bytes()),
-        // Replayed: a genuine record signed two minutes ago.
-        gossip(GossipMessage::Record(&record(&third, 1, now - 120_000, 51)).to_bytes()),
+        // Replayed: a genuine record signed twenty minutes ago (beyond the record TTL).
+        gossip(GossipMessage::Record(&record(&third, 1, now - 1_200_000, 51)).to_bytes()),
         // From the future.
         gossip(GossipMessage::Record(&record(&third, 2, now + 3_600_000, 52)).to_bytes()),
         // Oversized.
@@ -269,7 +270,7 @@ async fn hostile_records_are_refused_counted_and_evict_nobody() {
             .expect("published to a");
     }
     // Mis-bound: the attacker's connection presents someone else's genuine record as its own.
-    let misbound = SyncRequest::encode(&record(&third, 9, now, 53), std::iter::empty());
+    let misbound = SyncRequest::encode_pull(&record(&third, 9, now, 53), std::iter::empty());
     swarm.behaviour_mut().sync.send_request(&a_peer, misbound);
     let swarm_task = tokio::spawn(async move {
         loop {

@@ -16,6 +16,9 @@ pub fn parse_everything(data: &[u8]) {
         for i in 0..packet.endpoint_count() {
             let _ = packet.endpoint_bytes(i);
         }
+        for i in 0..packet.contact_count() {
+            let _ = packet.contact_bytes(i);
+        }
         if let Ok(record) = NodeRecord::parse(&packet) {
             // Whatever parses must re-encode to the same bytes (signature aside).
             let mut again = NodeRecordPacket::new_unchecked(vec![0u8; record.buffer_len()]);
@@ -29,7 +32,12 @@ pub fn parse_everything(data: &[u8]) {
         assert_eq!(GossipMessage::Suspect { node, seq }.to_bytes(), data);
     }
     if let Ok(request) = SyncRequest::parse(data) {
-        let encoded = SyncRequest::encode(request.own_record, request.digest());
+        let encoded = SyncRequest::encode(
+            request.pull,
+            request.own_record,
+            request.digest(),
+            request.pushed.iter().copied(),
+        );
         assert_eq!(encoded, data);
     }
     if let Ok(response) = SyncResponse::parse(data) {
@@ -73,6 +81,10 @@ pub fn exercise_with_random_inputs(count: usize) {
             underlay: vec!["198.18.0.1:51820".parse().expect("literal address")],
             software_version: "1".into(),
         },
+        contacts: vec![
+            super::PeerAddr::Tcp("198.18.0.1:7946".parse().expect("literal address")),
+            super::PeerAddr::Memory(42),
+        ],
     }
     .sign(&identity)
     .expect("valid record")
@@ -93,7 +105,11 @@ pub fn exercise_with_random_inputs(count: usize) {
                 d
             }
             _ => {
+                // A message kind (and for sync requests a flags byte) before a cut record.
                 let mut d = vec![rng.random_range(1..=4u8)];
+                if d[0] == 3 {
+                    d.push(rng.random_range(0..=1u8));
+                }
                 d.extend_from_slice(&valid[..rng.random_range(0..valid.len())]);
                 d
             }

@@ -1,16 +1,23 @@
 //! Membership messages on the wire, around node records.
 //!
-//! Two carriers exist: the gossipsub topic (node records and suspicions) and
-//! the sync request-response protocol (a node's own record plus a digest of
-//! what it knows, answered with the records it lacks). Every message starts
-//! with a kind byte; integers are big-endian:
+//! Two carriers exist: the gossipsub topic (urgent news that must reach every
+//! node at once: suspicions, refutations, leaves and changed records) and the
+//! sync request-response protocol, which carries everything in bulk. A sync
+//! request holds the sender's own record, optionally a digest of what it knows
+//! (then the answer holds the records it lacks: a *pull*), and optionally
+//! records it has just learned (a *push*). Every message starts with a kind
+//! byte; integers are big-endian:
 //!
 //! ```text
 //! RECORD        0x01 | node record (see record.rs)
 //! SUSPECT       0x02 | subject node id [32] | subject seq u64            (exactly 41 bytes)
-//! SYNC_REQUEST  0x03 | own_len u16 | own record | count u32 | count x (node id [32] | seq u64)
+//! SYNC_REQUEST  0x03 | flags u8 (bit 0: PULL) | own_len u16 | own record
+//!                    | count u32 | count x (node id [32] | seq u64)
+//!                    | pushed u16 | pushed x (len u16 | node record)
 //! SYNC_RESPONSE 0x04 | own_len u16 | own record | count u16 | count x (len u16 | node record)
 //! ```
+//!
+//! A request without PULL is answered with the responder's own record only.
 //!
 //! On a sync stream each message is preceded by its length (u32 big-endian).
 //!
@@ -32,13 +39,23 @@ pub const KIND_SYNC_RESPONSE: u8 = 0x04;
 pub const MAX_DIGEST_ENTRIES: usize = 16_384;
 /// Most records one sync response may carry.
 pub const MAX_SYNC_RECORDS: usize = 4_096;
+/// Most records one sync request may push.
+pub const MAX_PUSHED_RECORDS: usize = 1_024;
+/// Sync request flag: answer with the records my digest lacks.
+pub const FLAG_PULL: u8 = 0x01;
 /// Length of one digest entry.
 const DIGEST_ENTRY_LEN: usize = 40;
 /// Largest valid gossip message (a record plus its kind byte).
 pub const MAX_GOSSIP_LEN: usize = 1 + MAX_RECORD_LEN;
 /// Largest valid sync request.
-pub const MAX_SYNC_REQUEST_LEN: usize =
-    1 + 2 + MAX_RECORD_LEN + 4 + MAX_DIGEST_ENTRIES * DIGEST_ENTRY_LEN;
+pub const MAX_SYNC_REQUEST_LEN: usize = 1
+    + 1
+    + 2
+    + MAX_RECORD_LEN
+    + 4
+    + MAX_DIGEST_ENTRIES * DIGEST_ENTRY_LEN
+    + 2
+    + MAX_PUSHED_RECORDS * (2 + MAX_RECORD_LEN);
 /// Largest valid sync response.
 pub const MAX_SYNC_RESPONSE_LEN: usize =
     1 + 2 + MAX_RECORD_LEN + 2 + MAX_SYNC_RECORDS * (2 + MAX_RECORD_LEN);
@@ -58,6 +75,9 @@ pub enum MessageError {
     /// Bytes left over after the last field.
     #[error("membership message has {0} trailing bytes")]
     TrailingBytes(usize),
+    /// Flag bits this version does not define.
+    #[error("membership message has unknown flag bits {0:#04x}")]
+    UnknownFlags(u8),
     /// A count or length above the protocol's limits.
     #[error("membership message field `{field}` is {value}, above the limit {max}")]
     OverLimit {
@@ -85,11 +105,15 @@ pub enum GossipMessage<'a> {
 }
 
 /// A sync request, borrowed from the received bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncRequest<'a> {
+    /// Whether the requester wants the records its digest lacks.
+    pub pull: bool,
     /// The requester's own record (must be signed by the requester's identity).
     pub own_record: &'a [u8],
     digest: &'a [u8],
+    /// Records the requester pushes (news it has just learned).
+    pub pushed: Vec<&'a [u8]>,
 }
 
 /// A sync response, borrowed from the received bytes.
@@ -114,6 +138,9 @@ impl<'a> Reader<'a> {
         let (head, tail) = self.rest.split_at(n);
         self.rest = tail;
         Ok(head)
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, MessageError> {
+        Ok(self.take(1, what)?[0])
     }
     fn u16(&mut self, what: &'static str) -> Result<usize, MessageError> {
         let b = self.take(2, what)?;
@@ -201,12 +228,27 @@ impl<'a> SyncRequest<'a> {
     /// Parses a sync request.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, MessageError> {
         let (_, mut r) = kind(bytes, &[KIND_SYNC_REQUEST])?;
+        let flags = r.u8("flags")?;
+        if flags & !FLAG_PULL != 0 {
+            return Err(MessageError::UnknownFlags(flags));
+        }
         let own_record = r.record("own record")?;
         let count = r.u32("digest count")?;
         limit("digest count", count, MAX_DIGEST_ENTRIES)?;
         let digest = r.take(count * DIGEST_ENTRY_LEN, "digest entries")?;
+        let pushed_count = r.u16("pushed count")?;
+        limit("pushed count", pushed_count, MAX_PUSHED_RECORDS)?;
+        let mut pushed = Vec::with_capacity(pushed_count);
+        for _ in 0..pushed_count {
+            pushed.push(r.record("pushed record")?);
+        }
         r.finish()?;
-        Ok(Self { own_record, digest })
+        Ok(Self {
+            pull: flags & FLAG_PULL != 0,
+            own_record,
+            digest,
+            pushed,
+        })
     }
 
     /// The requester's digest: the node ids and seqs it already holds.
@@ -225,10 +267,28 @@ impl<'a> SyncRequest<'a> {
         self.digest.len() / DIGEST_ENTRY_LEN
     }
 
-    /// Encodes a request; the digest is cut at [`MAX_DIGEST_ENTRIES`].
-    pub fn encode(own_record: &[u8], digest: impl Iterator<Item = (NodeId, u64)>) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + 2 + own_record.len() + 4);
+    /// Encodes a pull request (answered with what the digest lacks); the digest is cut
+    /// at [`MAX_DIGEST_ENTRIES`].
+    pub fn encode_pull(own_record: &[u8], digest: impl Iterator<Item = (NodeId, u64)>) -> Vec<u8> {
+        Self::encode(true, own_record, digest, std::iter::empty())
+    }
+
+    /// Encodes a push of `records` (no digest, answered with the responder's record only);
+    /// records beyond [`MAX_PUSHED_RECORDS`] are left out.
+    pub fn encode_push<'r>(own_record: &[u8], records: impl Iterator<Item = &'r [u8]>) -> Vec<u8> {
+        Self::encode(false, own_record, std::iter::empty(), records)
+    }
+
+    /// Encodes any request.
+    pub fn encode<'r>(
+        pull: bool,
+        own_record: &[u8],
+        digest: impl Iterator<Item = (NodeId, u64)>,
+        pushed: impl Iterator<Item = &'r [u8]>,
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 1 + 2 + own_record.len() + 4 + 2);
         out.push(KIND_SYNC_REQUEST);
+        out.push(if pull { FLAG_PULL } else { 0 });
         out.extend_from_slice(&(own_record.len() as u16).to_be_bytes());
         out.extend_from_slice(own_record);
         let count_at = out.len();
@@ -240,8 +300,22 @@ impl<'a> SyncRequest<'a> {
             count += 1;
         }
         out[count_at..count_at + 4].copy_from_slice(&count.to_be_bytes());
+        encode_records(&mut out, pushed, MAX_PUSHED_RECORDS);
         out
     }
+}
+
+/// Appends `count u16 | count x (len u16 | record)`, at most `max` records.
+fn encode_records<'r>(out: &mut Vec<u8>, records: impl Iterator<Item = &'r [u8]>, max: usize) {
+    let count_at = out.len();
+    out.extend_from_slice(&[0u8; 2]);
+    let mut count = 0u16;
+    for record in records.take(max) {
+        out.extend_from_slice(&(record.len() as u16).to_be_bytes());
+        out.extend_from_slice(record);
+        count += 1;
+    }
+    out[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
 }
 
 impl<'a> SyncResponse<'a> {
@@ -268,15 +342,7 @@ impl<'a> SyncResponse<'a> {
         out.push(KIND_SYNC_RESPONSE);
         out.extend_from_slice(&(own_record.len() as u16).to_be_bytes());
         out.extend_from_slice(own_record);
-        let count_at = out.len();
-        out.extend_from_slice(&[0u8; 2]);
-        let mut count = 0u16;
-        for record in records.take(MAX_SYNC_RECORDS) {
-            out.extend_from_slice(&(record.len() as u16).to_be_bytes());
-            out.extend_from_slice(record);
-            count += 1;
-        }
-        out[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
+        encode_records(&mut out, records, MAX_SYNC_RECORDS);
         out
     }
 }
@@ -324,25 +390,41 @@ mod tests {
 
     #[test]
     fn sync_request_reads_literal_bytes() {
-        let mut bytes = vec![0x03, 0x00, 0x02, 0xaa, 0xbb, 0, 0, 0, 1];
+        let mut bytes = vec![0x03, 0x01, 0x00, 0x02, 0xaa, 0xbb, 0, 0, 0, 1];
         bytes.extend_from_slice(&[0x11; 32]);
         bytes.extend_from_slice(&7u64.to_be_bytes());
+        bytes.extend_from_slice(&[0, 1, 0, 2, 0xcc, 0xdd]);
         let req = SyncRequest::parse(&bytes).unwrap();
+        assert!(req.pull);
         assert_eq!(req.own_record, &[0xaa, 0xbb]);
         assert_eq!(
             req.digest().collect::<Vec<_>>(),
             vec![(NodeId::from_bytes([0x11; 32]), 7)]
         );
+        assert_eq!(req.pushed, vec![&[0xcc, 0xdd][..]]);
         assert_eq!(
-            SyncRequest::encode(&[0xaa, 0xbb], req.digest()),
+            SyncRequest::encode(
+                true,
+                &[0xaa, 0xbb],
+                req.digest(),
+                req.pushed.iter().copied()
+            ),
             bytes,
             "encode is the inverse of parse"
         );
+        let push = SyncRequest::encode_push(&[0xaa], [&[0xee][..]].into_iter());
+        assert_eq!(
+            push,
+            vec![0x03, 0x00, 0, 1, 0xaa, 0, 0, 0, 0, 0, 1, 0, 1, 0xee]
+        );
+        let push = SyncRequest::parse(&push).unwrap();
+        assert!(!push.pull);
+        assert_eq!(push.digest_len(), 0);
     }
 
     #[test]
     fn sync_request_counts_are_bounded_before_allocation() {
-        let mut bytes = vec![0x03, 0x00, 0x00];
+        let mut bytes = vec![0x03, 0x01, 0x00, 0x00];
         bytes.extend_from_slice(&u32::MAX.to_be_bytes());
         assert!(matches!(
             SyncRequest::parse(&bytes),
@@ -351,12 +433,25 @@ mod tests {
                 ..
             })
         ));
-        let mut bytes = vec![0x03, 0xff, 0xff];
+        let mut bytes = vec![0x03, 0x01, 0xff, 0xff];
         bytes.extend_from_slice(&[0; 8]);
         assert!(matches!(
             SyncRequest::parse(&bytes),
             Err(MessageError::OverLimit { .. })
         ));
+        let mut bytes = vec![0x03, 0x00, 0x00, 0x00, 0, 0, 0, 0];
+        bytes.extend_from_slice(&u16::MAX.to_be_bytes());
+        assert!(matches!(
+            SyncRequest::parse(&bytes),
+            Err(MessageError::OverLimit {
+                field: "pushed count",
+                ..
+            })
+        ));
+        assert_eq!(
+            SyncRequest::parse(&[0x03, 0x80, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(MessageError::UnknownFlags(0x80))
+        );
     }
 
     #[test]

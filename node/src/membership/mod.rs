@@ -2,12 +2,16 @@
 //! and which of them are up.
 //!
 //! Every node publishes a signed [`NodeRecord`] (site, location, capacity,
-//! WireGuard key, tunnel address, underlay endpoints, software version). The
-//! signature is made with the node's ed25519 identity, which is also its
-//! libp2p identity, so a record binds the WireGuard key to the node. Nodes
-//! bootstrap from a few known addresses, find each other through Kademlia,
-//! spread records over gossipsub, repair gaps with a pull sync, and detect
-//! failures in about a second (see [`Timing`]).
+//! WireGuard key, tunnel address, underlay endpoints, software version, and
+//! the addresses of its membership endpoint). The signature is made with the
+//! node's ed25519 identity, which is also its libp2p identity, so a record
+//! binds the WireGuard key to the node. Nodes bootstrap from a few known
+//! addresses and find each other through Kademlia and the sync protocol,
+//! which spreads records in batches (pull digests, pushed news); urgent news
+//! and suspicions go over gossipsub. Each node is watched by a few others
+//! chosen on monitoring rings ([`ring`]), so the work per node stays bounded
+//! as the overlay grows, and failures are detected in one to three seconds
+//! (see [`Timing`]).
 //!
 //! libp2p stays inside [`net`]-private code: the rest of slicenet sees
 //! [`Membership::start`], a [`MembershipHandle`], and a stream of
@@ -34,19 +38,25 @@ pub mod identity;
 pub mod message;
 mod net;
 pub mod record;
+pub mod ring;
+pub mod sigcache;
 pub mod status;
 pub mod table;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use identity::{KeyError, NodeId, NodeIdentity, WgPublicKey};
-pub use record::{Capacity, GeoLocation, NodeInfo, NodeRecord, RecordError, VerifiedNodeRecord};
+pub use record::{
+    Capacity, GeoLocation, NodeInfo, NodeRecord, RecordError, VerifiedNodeRecord, MAX_CONTACTS,
+};
+pub use sigcache::{CacheStats, SignatureCache};
 pub use status::{Counters, MembershipStatus};
 pub use table::{DownReason, Member, MemberState, MembershipEvent};
 
@@ -90,11 +100,13 @@ pub struct Timing {
     pub probe_timeout: Duration,
     /// How long a suspected node has to refute before others declare it down.
     pub suspicion_timeout: Duration,
-    /// How often a node re-signs and republishes its record.
+    /// How often a node re-signs its record (pull syncs spread the fresh copy).
     pub refresh_interval: Duration,
-    /// Members with no connection and no new record for this long are declared down.
+    /// Members with no connection and no new record for this long are declared down
+    /// (a backstop: watchers normally notice a failure within seconds).
     pub record_ttl: Duration,
-    /// How often a node pulls missing records from a random connected peer.
+    /// How often a node pulls missing records from a random connected peer once
+    /// nothing new is arriving (it pulls every 300 ms while news keeps coming).
     pub sync_interval: Duration,
     /// Gossipsub heartbeat (mesh maintenance) period.
     pub gossip_heartbeat: Duration,
@@ -109,8 +121,8 @@ impl Default for Timing {
             ping_timeout: Duration::from_millis(750),
             probe_timeout: Duration::from_millis(1000),
             suspicion_timeout: Duration::from_millis(1000),
-            refresh_interval: Duration::from_secs(20),
-            record_ttl: Duration::from_secs(60),
+            refresh_interval: Duration::from_secs(60),
+            record_ttl: Duration::from_secs(300),
             sync_interval: Duration::from_secs(5),
             gossip_heartbeat: Duration::from_millis(500),
             leave_grace: Duration::from_millis(200),
@@ -129,7 +141,7 @@ pub struct Limits {
     pub gossip_per_peer_per_sec: f64,
     /// Gossip messages accepted from one peer in a burst.
     pub gossip_per_peer_burst: f64,
-    /// Sync requests answered for one peer per second (sustained).
+    /// Sync requests (pulls and pushes) answered for one peer per second (sustained).
     pub syncs_per_peer_per_sec: f64,
     /// Depth of the event channel; events beyond it are dropped and counted.
     pub event_queue: usize,
@@ -142,11 +154,15 @@ impl Default for Limits {
             max_connections: 1024,
             gossip_per_peer_per_sec: 2_000.0,
             gossip_per_peer_burst: 20_000.0,
-            syncs_per_peer_per_sec: 2.0,
+            syncs_per_peer_per_sec: 10.0,
             event_queue: 4096,
         }
     }
 }
+
+/// Watchers per node by default: enough that a failure is seen even when some of a
+/// node's watchers fail with it, few enough that the ping load stays small.
+pub const DEFAULT_WATCHERS: usize = 4;
 
 /// Everything [`Membership::start`] needs.
 #[derive(Debug, Clone)]
@@ -163,6 +179,11 @@ pub struct MembershipConfig {
     pub timing: Timing,
     /// Resource bounds.
     pub limits: Limits,
+    /// How many nodes watch each node (the number of monitoring rings, see [`ring`]).
+    pub watchers: usize,
+    /// A record-signature cache shared by simulated nodes in one process (see
+    /// [`SignatureCache`]); None, as on real nodes, verifies every new record.
+    pub signature_cache: Option<Arc<SignatureCache>>,
 }
 
 impl MembershipConfig {
@@ -175,6 +196,8 @@ impl MembershipConfig {
             bootstrap: Vec::new(),
             timing: Timing::default(),
             limits: Limits::default(),
+            watchers: DEFAULT_WATCHERS,
+            signature_cache: None,
         }
     }
 

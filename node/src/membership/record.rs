@@ -2,11 +2,12 @@
 //!
 //! A node record says where a node is and how to reach its data plane; it is
 //! signed with the node's ed25519 identity key, which is also its libp2p
-//! identity, so the record binds the node's WireGuard key, tunnel address and
-//! underlay endpoints to that identity. Layout (version 1, big-endian):
+//! identity, so the record binds the node's WireGuard key, tunnel address,
+//! underlay endpoints and membership contact addresses to that identity.
+//! Layout (version 2, big-endian):
 //!
 //! ```text
-//!   0      version          u8   = 1
+//!   0      version          u8   = 2
 //!   1      flags            u8   bit 0: LEAVING (the node is shutting down)
 //!   2..10  seq              u64  strictly increasing per node (starts at unix µs)
 //!  10..18  timestamp_ms     u64  unix time the record was signed, milliseconds
@@ -22,8 +23,14 @@
 //! 105      site_len         u8
 //! 106      region_len       u8
 //! 107      version_len      u8   software version text length
-//! 108..    endpoints        endpoint_count x 19 bytes:
+//! 108      contact_count    u8   <= 4
+//! 109..    endpoints        endpoint_count x 19 bytes:
 //!                             family u8 (4|6), address [16] (IPv4: 4 bytes then 12 zero), port u16
+//!          contacts         contact_count x 19 bytes, where other nodes dial this node's
+//!                           membership endpoint: kind u8, address [16], port u16 with
+//!                             kind 4 / 6: TCP over IPv4 (4 bytes then 12 zero) / IPv6
+//!                             kind 0x6d: libp2p's in-process memory transport (simulations):
+//!                                        u64 port then 8 zero bytes, port field 0
 //!          site, region, software version (UTF-8, no control characters)
 //!  -64..   signature        ed25519 over DOMAIN || every byte before the signature
 //! ```
@@ -33,28 +40,39 @@
 //! can panic. [`NodeRecord::parse`] adds the semantic checks, and only
 //! [`VerifiedNodeRecord::verify`] (or signing) yields a record other code may
 //! trust.
+//!
+//! The contact addresses let any member dial any other directly (a monitor
+//! dials the nodes it watches) without a DHT lookup, and because they are
+//! signed a lying peer cannot point a node id at an address of its choosing.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use super::identity::{verify, NodeId, NodeIdentity, WgPublicKey};
+use super::PeerAddr;
 
 /// The only record version this code emits and accepts.
-pub const RECORD_VERSION: u8 = 1;
+pub const RECORD_VERSION: u8 = 2;
 /// Flag bit: the node is leaving the overlay on purpose (graceful shutdown).
 pub const FLAG_LEAVING: u8 = 0x01;
 /// Most underlay endpoints one record may carry.
 pub const MAX_ENDPOINTS: usize = 8;
+/// Most membership contact addresses one record may carry.
+pub const MAX_CONTACTS: usize = 4;
+/// Contact kind byte of libp2p's in-process memory transport.
+const CONTACT_MEMORY: u8 = 0x6d;
 /// Most bytes of any one text field (site, region, software version).
 pub const MAX_TEXT_LEN: usize = u8::MAX as usize;
 /// Largest possible encoded record; anything longer is refused before parsing.
-pub const MAX_RECORD_LEN: usize =
-    field::HEADER_LEN + MAX_ENDPOINTS * field::ENDPOINT_LEN + 3 * MAX_TEXT_LEN + SIGNATURE_LEN;
+pub const MAX_RECORD_LEN: usize = field::HEADER_LEN
+    + (MAX_ENDPOINTS + MAX_CONTACTS) * field::ENDPOINT_LEN
+    + 3 * MAX_TEXT_LEN
+    + SIGNATURE_LEN;
 /// Length of the trailing signature.
 pub const SIGNATURE_LEN: usize = 64;
 /// Domain separation: a record signature can never be confused with any other
 /// signature made with the same node key.
-const DOMAIN: &[u8] = b"slicenet node record v1\n";
+const DOMAIN: &[u8] = b"slicenet node record v2\n";
 
 mod field {
     use std::ops::Range;
@@ -74,8 +92,9 @@ mod field {
     pub const SITE_LEN: usize = 105;
     pub const REGION_LEN: usize = 106;
     pub const VERSION_LEN: usize = 107;
-    pub const HEADER_LEN: usize = 108;
-    /// One endpoint: family, 16 address bytes, port.
+    pub const CONTACT_COUNT: usize = 108;
+    pub const HEADER_LEN: usize = 109;
+    /// One endpoint or contact: family, 16 address bytes, port.
     pub const ENDPOINT_LEN: usize = 19;
 }
 
@@ -113,6 +132,17 @@ pub enum RecordError {
     /// More endpoints than allowed.
     #[error("node record lists {0} underlay endpoints, at most {MAX_ENDPOINTS} are allowed")]
     TooManyEndpoints(usize),
+    /// More contact addresses than allowed.
+    #[error("node record lists {0} contact addresses, at most {MAX_CONTACTS} are allowed")]
+    TooManyContacts(usize),
+    /// A contact whose kind byte is unknown or whose padding is not zero.
+    #[error("node record contact {index} is malformed (kind byte {kind})")]
+    BadContact {
+        /// Which contact.
+        index: usize,
+        /// Its kind byte.
+        kind: u8,
+    },
     /// An endpoint family byte that is neither 4 nor 6, or IPv4 padding that is not zero.
     #[error("node record endpoint {index} is malformed (family byte {family})")]
     BadEndpoint {
@@ -197,6 +227,10 @@ impl<T: AsRef<[u8]>> NodeRecordPacket<T> {
         if count > MAX_ENDPOINTS {
             return Err(RecordError::TooManyEndpoints(count));
         }
+        let contacts = b[field::CONTACT_COUNT] as usize;
+        if contacts > MAX_CONTACTS {
+            return Err(RecordError::TooManyContacts(contacts));
+        }
         let need = self.total_len_from_header();
         if b.len() < need {
             return Err(RecordError::Truncated { len: b.len(), need });
@@ -212,7 +246,8 @@ impl<T: AsRef<[u8]>> NodeRecordPacket<T> {
     fn total_len_from_header(&self) -> usize {
         let b = self.buffer.as_ref();
         field::HEADER_LEN
-            + b[field::ENDPOINT_COUNT] as usize * field::ENDPOINT_LEN
+            + (b[field::ENDPOINT_COUNT] as usize + b[field::CONTACT_COUNT] as usize)
+                * field::ENDPOINT_LEN
             + b[field::SITE_LEN] as usize
             + b[field::REGION_LEN] as usize
             + b[field::VERSION_LEN] as usize
@@ -282,8 +317,17 @@ impl<T: AsRef<[u8]>> NodeRecordPacket<T> {
         let start = field::HEADER_LEN + index * field::ENDPOINT_LEN;
         &self.buffer.as_ref()[start..start + field::ENDPOINT_LEN]
     }
+    /// Number of membership contact addresses.
+    pub fn contact_count(&self) -> usize {
+        self.buffer.as_ref()[field::CONTACT_COUNT] as usize
+    }
+    /// The raw bytes of contact `index` (kind, address, port); `index < contact_count()`.
+    pub fn contact_bytes(&self, index: usize) -> &[u8] {
+        let start = field::HEADER_LEN + (self.endpoint_count() + index) * field::ENDPOINT_LEN;
+        &self.buffer.as_ref()[start..start + field::ENDPOINT_LEN]
+    }
     fn text_start(&self) -> usize {
-        field::HEADER_LEN + self.endpoint_count() * field::ENDPOINT_LEN
+        field::HEADER_LEN + (self.endpoint_count() + self.contact_count()) * field::ENDPOINT_LEN
     }
     /// Site name bytes.
     pub fn site(&self) -> &[u8] {
@@ -408,6 +452,8 @@ pub struct NodeRecord {
     pub leaving: bool,
     /// The advertised content.
     pub info: NodeInfo,
+    /// Where other members dial this node's membership endpoint (at most [`MAX_CONTACTS`]).
+    pub contacts: Vec<PeerAddr>,
 }
 
 fn text(what: &'static str, bytes: &[u8], required: bool) -> Result<String, RecordError> {
@@ -462,6 +508,27 @@ impl NodeRecord {
             };
             underlay.push(SocketAddr::new(ip, port));
         }
+        let mut contacts = Vec::with_capacity(packet.contact_count());
+        for index in 0..packet.contact_count() {
+            let c = packet.contact_bytes(index);
+            let (kind, addr, port) = (c[0], &c[1..17], be_u16(&c[17..19]));
+            let bad = RecordError::BadContact { index, kind };
+            contacts.push(match kind {
+                4 if addr[4..].iter().all(|&b| b == 0) => PeerAddr::Tcp(SocketAddr::new(
+                    Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).into(),
+                    port,
+                )),
+                6 => {
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(addr);
+                    PeerAddr::Tcp(SocketAddr::new(Ipv6Addr::from(a).into(), port))
+                }
+                CONTACT_MEMORY if addr[8..].iter().all(|&b| b == 0) && port == 0 => {
+                    PeerAddr::Memory(be_u64(&addr[..8]))
+                }
+                _ => return Err(bad),
+            });
+        }
         Ok(Self {
             node_id: packet.node_id(),
             seq: packet.seq(),
@@ -481,6 +548,7 @@ impl NodeRecord {
                 underlay,
                 software_version: text("software_version", packet.software_version(), false)?,
             },
+            contacts,
         })
     }
 
@@ -492,6 +560,9 @@ impl NodeRecord {
         check_text("software_version", &info.software_version, false)?;
         if info.underlay.len() > MAX_ENDPOINTS {
             return Err(RecordError::TooManyEndpoints(info.underlay.len()));
+        }
+        if self.contacts.len() > MAX_CONTACTS {
+            return Err(RecordError::TooManyContacts(self.contacts.len()));
         }
         if !info.location.is_valid() {
             return Err(RecordError::LocationOutOfRange {
@@ -505,7 +576,7 @@ impl NodeRecord {
     /// Encoded length including the signature.
     pub fn buffer_len(&self) -> usize {
         field::HEADER_LEN
-            + self.info.underlay.len() * field::ENDPOINT_LEN
+            + (self.info.underlay.len() + self.contacts.len()) * field::ENDPOINT_LEN
             + self.info.site.len()
             + self.info.region.len()
             + self.info.software_version.len()
@@ -530,6 +601,8 @@ impl NodeRecord {
         packet.set(field::DISK_GIB, &info.capacity.disk_gib.to_be_bytes());
         let count = info.underlay.len().min(MAX_ENDPOINTS);
         packet.set_byte(field::ENDPOINT_COUNT, count as u8);
+        let contacts = self.contacts.len().min(MAX_CONTACTS);
+        packet.set_byte(field::CONTACT_COUNT, contacts as u8);
         let texts = [
             (field::SITE_LEN, info.site.as_bytes()),
             (field::REGION_LEN, info.region.as_bytes()),
@@ -553,6 +626,30 @@ impl NodeRecord {
             }
             e[17..19].copy_from_slice(&endpoint.port().to_be_bytes());
             packet.set(at..at + field::ENDPOINT_LEN, &e);
+            at += field::ENDPOINT_LEN;
+        }
+        for contact in &self.contacts[..contacts] {
+            let mut c = [0u8; field::ENDPOINT_LEN];
+            match contact {
+                PeerAddr::Tcp(sa) => {
+                    match sa.ip() {
+                        IpAddr::V4(ip) => {
+                            c[0] = 4;
+                            c[1..5].copy_from_slice(&ip.octets());
+                        }
+                        IpAddr::V6(ip) => {
+                            c[0] = 6;
+                            c[1..17].copy_from_slice(&ip.octets());
+                        }
+                    }
+                    c[17..19].copy_from_slice(&sa.port().to_be_bytes());
+                }
+                PeerAddr::Memory(port) => {
+                    c[0] = CONTACT_MEMORY;
+                    c[1..9].copy_from_slice(&port.to_be_bytes());
+                }
+            }
+            packet.set(at..at + field::ENDPOINT_LEN, &c);
             at += field::ENDPOINT_LEN;
         }
         for (_, t) in texts {
@@ -678,15 +775,16 @@ mod tests {
                 underlay: vec!["198.18.0.1:51820".parse().unwrap()],
                 software_version: "0.1".into(),
             },
+            contacts: vec![PeerAddr::Tcp("198.18.0.1:7946".parse().unwrap())],
         }
     }
 
     /// The sample record, byte by byte, signature zeroed.
     #[rustfmt::skip]
-    const SAMPLE_UNSIGNED: [u8; 108 + 19 + 3 + 2 + 3 + 64] = {
-        let mut b = [0u8; 108 + 19 + 3 + 2 + 3 + 64];
-        let head: [u8; 108 + 19 + 8] = [
-            0x01, 0x00,                                     // version, flags
+    const SAMPLE_UNSIGNED: [u8; 109 + 19 + 19 + 3 + 2 + 3 + 64] = {
+        let mut b = [0u8; 109 + 19 + 19 + 3 + 2 + 3 + 64];
+        let head: [u8; 109 + 19 + 19 + 8] = [
+            0x02, 0x00,                                     // version, flags
             0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, // seq
             0x00, 0x00, 0x01, 0x90, 0x00, 0x00, 0x00, 0x01, // timestamp
             // node id: RFC 8032 TEST 1 public key
@@ -701,8 +799,9 @@ mod tests {
             0x00, 0x08,                                     // vcpus
             0x00, 0x00, 0x40, 0x00,                         // memory MiB
             0x00, 0x00, 0x00, 0x64,                         // disk GiB
-            1, 3, 2, 3,                                     // endpoints, site/region/version lengths
+            1, 3, 2, 3, 1,                                  // endpoints, site/region/version lengths, contacts
             4, 198, 18, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xca, 0x6c, // 198.18.0.1:51820
+            4, 198, 18, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x1f, 0x0a, // contact 198.18.0.1:7946
             b'p', b'a', b'r', b'e', b'u', b'0', b'.', b'1',
         ];
         let mut i = 0;
@@ -799,10 +898,10 @@ mod tests {
             Err(RecordError::Oversized { .. })
         ));
         let mut b = good.clone();
-        b[0] = 2;
+        b[0] = 1;
         assert_eq!(
             NodeRecord::parse(&NodeRecordPacket::new_checked(&b[..]).unwrap()),
-            Err(RecordError::UnsupportedVersion(2))
+            Err(RecordError::UnsupportedVersion(1))
         );
         let mut b = good.clone();
         b[1] = 0x80;
@@ -811,7 +910,19 @@ mod tests {
             Err(RecordError::UnknownFlags(0x80))
         );
         let mut b = good.clone();
-        b[108] = 5; // endpoint family
+        b[109 + 19] = 5; // contact kind
+        assert!(matches!(
+            NodeRecord::parse(&NodeRecordPacket::new_checked(&b[..]).unwrap()),
+            Err(RecordError::BadContact { index: 0, kind: 5 })
+        ));
+        let mut b = good.clone();
+        b[108] = 5; // contact count
+        assert!(matches!(
+            NodeRecordPacket::new_checked(&b[..]),
+            Err(RecordError::TooManyContacts(5))
+        ));
+        let mut b = good.clone();
+        b[109] = 5; // endpoint family
         assert!(matches!(
             NodeRecord::parse(&NodeRecordPacket::new_checked(&b[..]).unwrap()),
             Err(RecordError::BadEndpoint {
@@ -826,7 +937,7 @@ mod tests {
             Err(RecordError::LocationOutOfRange { .. })
         ));
         let mut b = good;
-        b[127] = b'\n'; // first byte of the site
+        b[109 + 19 + 19] = b'\n'; // first byte of the site
         assert_eq!(
             NodeRecord::parse(&NodeRecordPacket::new_checked(&b[..]).unwrap()),
             Err(RecordError::BadText("site"))
@@ -842,6 +953,9 @@ mod tests {
         record.info.underlay = vec!["[::1]:1".parse().unwrap(); MAX_ENDPOINTS + 1];
         assert!(record.sign(&test_identity()).is_err());
         let mut record = sample_record();
+        record.contacts = vec![PeerAddr::Memory(1); MAX_CONTACTS + 1];
+        assert_eq!(record.check(), Err(RecordError::TooManyContacts(5)));
+        let mut record = sample_record();
         record.info.site.clear();
         assert_eq!(record.check(), Err(RecordError::BadText("site")));
     }
@@ -853,6 +967,7 @@ mod tests {
         record.info.region = "r".repeat(MAX_TEXT_LEN);
         record.info.software_version = "v".repeat(MAX_TEXT_LEN);
         record.info.underlay = vec!["[2001:db8::1]:51820".parse().unwrap(); MAX_ENDPOINTS];
+        record.contacts = vec![PeerAddr::Memory(u64::MAX); MAX_CONTACTS];
         let signed = record.sign(&test_identity()).unwrap();
         assert_eq!(signed.bytes().len(), MAX_RECORD_LEN);
         assert_eq!(

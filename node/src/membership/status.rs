@@ -13,6 +13,15 @@ pub struct Counters {
     pub records_accepted: u64,
     /// Records we already held (normal: gossip and sync deliver copies).
     pub records_duplicate: u64,
+    /// Record signatures this node checked with ed25519.
+    pub signatures_verified: u64,
+    /// Record signatures not checked again because a shared [`super::SignatureCache`]
+    /// had verified exactly those bytes before (in-process simulations only).
+    pub signatures_reused: u64,
+    /// Records pushed to peers (news this node learned and passed on).
+    pub records_pushed: u64,
+    /// Pull syncs this node started (each carries a digest of its table).
+    pub pulls_sent: u64,
     /// Suspicions received about any node.
     pub suspicions_received: u64,
     /// Suspicions we published after our own probe of a node failed.
@@ -23,6 +32,8 @@ pub struct Counters {
     pub syncs_served: u64,
     /// Sync responses we processed.
     pub syncs_completed: u64,
+    /// Suspicions raised by the silence of a subject we ping (before any probe).
+    pub silences_detected: u64,
     /// Records or messages longer than the protocol allows.
     pub dropped_oversized: u64,
     /// Records or messages that do not parse.
@@ -93,6 +104,10 @@ pub struct MembershipStatus {
     pub listen_addrs: Vec<String>,
     /// Peers we hold at least one connection to.
     pub connected_peers: usize,
+    /// Nodes this node watches (pings and keeps a connection to).
+    pub subjects: usize,
+    /// Nodes that watch this node, as far as it knows.
+    pub watchers: usize,
     /// Live members, not counting ourselves.
     pub live_members: usize,
     /// Entries in the table, live or tombstoned.

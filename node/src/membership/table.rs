@@ -13,11 +13,16 @@
 //!   `suspicion_timeout` to refute it with a newer record.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::identity::{NodeId, WgPublicKey};
 use super::record::{NodeRecord, NodeRecordPacket, RecordError, VerifiedNodeRecord};
+use super::sigcache::SignatureCache;
 use super::status::Counters;
+
+/// How often [`MemberTable::tick`] looks for expired members when no suspicion is due.
+const EXPIRY_SCAN_PERIOD: Duration = Duration::from_secs(1);
 
 /// Timing and size limits of the table.
 #[derive(Debug, Clone)]
@@ -165,6 +170,11 @@ pub struct MemberTable {
     config: TableConfig,
     entries: HashMap<NodeId, Entry>,
     wireguard_owner: HashMap<WgPublicKey, NodeId>,
+    /// Verified signatures shared with other tables (in-process simulations), if any.
+    signatures: Option<Arc<SignatureCache>>,
+    /// Earliest suspicion deadline, so ticks scan the table only when something is due.
+    next_refute_by: Option<Instant>,
+    next_expiry_scan: Option<Instant>,
     /// Counters of accepted and refused input.
     pub counters: Counters,
 }
@@ -178,8 +188,17 @@ impl MemberTable {
             config,
             entries: HashMap::new(),
             wireguard_owner: HashMap::new(),
+            signatures: None,
+            next_refute_by: None,
+            next_expiry_scan: None,
             counters: Counters::default(),
         }
+    }
+
+    /// Lets this table skip the signature check of record bytes that verified before
+    /// (in this table or in any other sharing `cache`).
+    pub fn set_signature_cache(&mut self, cache: Arc<SignatureCache>) {
+        self.signatures = Some(cache);
     }
 
     /// Tells the table the seq of our own latest record (to recognise echoes and conflicts).
@@ -248,8 +267,23 @@ impl MemberTable {
         if existing.is_none() && !self.make_room() {
             return Err(Refusal::TableFull);
         }
-        let verified = VerifiedNodeRecord::verify_parsed(&packet, record)
-            .map_err(|_| Refusal::BadSignature)?;
+        let verified = match &self.signatures {
+            Some(cache) => cache
+                .verify_parsed(&packet, record)
+                .map(|(verified, reused)| {
+                    if reused {
+                        self.counters.signatures_reused += 1;
+                    } else {
+                        self.counters.signatures_verified += 1;
+                    }
+                    verified
+                }),
+            None => {
+                self.counters.signatures_verified += 1;
+                VerifiedNodeRecord::verify_parsed(&packet, record)
+            }
+        }
+        .map_err(|_| Refusal::BadSignature)?;
         let node = verified.node_id();
         let key = verified.info().wireguard_key;
         if let Some(owner) = self.wireguard_owner.get(&key) {
@@ -363,12 +397,30 @@ impl MemberTable {
         }
         let first_hand = entry.connected && now.duration_since(entry.last_heard) < timeout;
         if entry.state == MemberState::Up && !first_hand && entry.refute_by.is_none() {
-            entry.refute_by = Some(now + timeout);
+            let deadline = now + timeout;
+            entry.refute_by = Some(deadline);
+            self.next_refute_by = Some(self.next_refute_by.map_or(deadline, |d| d.min(deadline)));
         }
         // Forwarded even when we do not believe it: the suspect's own neighbours hold
         // first-hand evidence, and if they swallowed the suspicion the suspect would
         // never hear it and never refute.
         SuspicionOutcome::Forward
+    }
+
+    /// We noticed `node` went silent: like a suspicion heard from others, it gets
+    /// `suspicion_timeout` to refute. Returns the seq to name in the suspicion we gossip
+    /// (None if it is not a live member).
+    pub fn raise_suspicion(&mut self, node: NodeId, now: Instant) -> Option<u64> {
+        let entry = self.entries.get_mut(&node)?;
+        if entry.state != MemberState::Up {
+            return None;
+        }
+        if entry.refute_by.is_none() {
+            let deadline = now + self.config.suspicion_timeout;
+            entry.refute_by = Some(deadline);
+            self.next_refute_by = Some(self.next_refute_by.map_or(deadline, |d| d.min(deadline)));
+        }
+        Some(entry.record.seq())
     }
 
     /// Our own probe of `node` failed: it is down from here. Returns the seq it was at.
@@ -426,21 +478,39 @@ impl MemberTable {
 
     /// Applies timeouts: unrefuted suspicions and expired records. Drops old tombstones.
     /// With `defer` (this node is running late) no member is declared down.
+    /// Cheap when nothing is due: the table is scanned only when a suspicion deadline
+    /// has passed or, for expiries, once per second.
     pub fn tick(&mut self, now: Instant, defer: bool) -> Vec<MembershipEvent> {
         let mut events = Vec::new();
+        let refute_due = self.next_refute_by.is_some_and(|t| now >= t);
+        let expiry_due = self.next_expiry_scan.is_none_or(|t| now >= t);
+        if !refute_due && !expiry_due {
+            return events;
+        }
+        if expiry_due {
+            self.next_expiry_scan = Some(now + EXPIRY_SCAN_PERIOD);
+        }
         let ttl = self.config.record_ttl;
         let tombstone_ttl = self.config.max_record_age + self.config.max_clock_skew;
         let mut forget = Vec::new();
+        let mut next_refute_by: Option<Instant> = None;
         for (node, entry) in &mut self.entries {
             let silent_for = now.duration_since(entry.last_heard);
             let reason = match entry.state {
                 MemberState::Up if entry.refute_by.is_some_and(|t| now >= t) => {
                     DownReason::Unrefuted
                 }
-                MemberState::Up if !entry.connected && silent_for > ttl => DownReason::Expired,
-                MemberState::Up => continue,
+                MemberState::Up if expiry_due && !entry.connected && silent_for > ttl => {
+                    DownReason::Expired
+                }
+                MemberState::Up => {
+                    if let Some(t) = entry.refute_by {
+                        next_refute_by = Some(next_refute_by.map_or(t, |d| d.min(t)));
+                    }
+                    continue;
+                }
                 MemberState::Down(_) => {
-                    if silent_for > tombstone_ttl {
+                    if expiry_due && silent_for > tombstone_ttl {
                         forget.push(*node);
                     }
                     continue;
@@ -448,6 +518,8 @@ impl MemberTable {
             };
             if defer {
                 self.counters.verdicts_deferred += 1;
+                // Still due: look again at the next tick.
+                next_refute_by = Some(now);
                 continue;
             }
             entry.state = MemberState::Down(reason);
@@ -459,6 +531,7 @@ impl MemberTable {
                 reason,
             });
         }
+        self.next_refute_by = next_refute_by;
         for node in forget {
             self.remove(&node);
         }
@@ -470,6 +543,11 @@ impl MemberTable {
         self.entries
             .get(node)
             .is_some_and(|e| e.state == MemberState::Up)
+    }
+
+    /// The record held for `node` (live or tombstoned).
+    pub fn record_of(&self, node: &NodeId) -> Option<&VerifiedNodeRecord> {
+        self.entries.get(node).map(|e| &e.record)
     }
 
     /// The seq of the record held for `node`.
@@ -562,6 +640,7 @@ mod tests {
             timestamp_ms: ts,
             leaving,
             info: info(wg),
+            contacts: vec![],
         }
         .sign(id)
         .unwrap()

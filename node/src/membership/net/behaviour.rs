@@ -10,6 +10,7 @@ use libp2p::{
 use sha2::{Digest as _, Sha256};
 
 use super::codec::SyncCodec;
+use super::keepalive;
 use crate::membership::{Limits, Timing};
 
 /// Kademlia protocol name: a private DHT, not the public IPFS one.
@@ -26,6 +27,8 @@ pub const MEMBERSHIP_TOPIC: &str = "slicenet/membership/1";
 pub struct Behaviour {
     /// Caps connections so no peer can exhaust file descriptors or memory.
     pub limits: connection_limits::Behaviour,
+    /// Holds the connections to our subjects and watchers open.
+    pub keep_alive: keepalive::Behaviour,
     /// Learns peers' listen addresses (fed to Kademlia).
     pub identify: identify::Behaviour,
     /// Liveness of every connection.
@@ -116,6 +119,7 @@ impl Behaviour {
 
         Ok(Self {
             limits: connection_limits::Behaviour::new(connection_limits),
+            keep_alive: keepalive::Behaviour::default(),
             identify,
             ping,
             kademlia,

@@ -1,17 +1,19 @@
 //! The membership task: owns the swarm and the table, and runs one loop over
 //! swarm events, handle commands, a timer and the shutdown signal.
 //!
-//! Failure detection, in the order it usually fires:
-//! 1. a connection closes (the peer's process died: the kernel resets its
-//!    sockets) or stops answering pings (`ping_timeout`), and we close it;
-//! 2. we redial the peer at once; if that fails or takes longer than
-//!    `probe_timeout`, the peer is down for us, and we gossip a suspicion;
-//! 3. every node that hears the suspicion and has no first-hand evidence to the
-//!    contrary gives the suspect `suspicion_timeout` to refute it with a newer
-//!    record; a live suspect always hears its own suspicion and refutes, so a
-//!    lying peer cannot evict anyone;
-//! 4. as a backstop, a member with no connection and no fresh record for
-//!    `record_ttl` expires.
+//! Its work is split by concern:
+//! - this file: setup, the loop, events, commands and urgent gossip;
+//! - [`watch`]: failure detection (who we watch, pings, probes, suspicions);
+//! - [`spread`]: bulk dissemination (pull syncs with digests, pushed news).
+//!
+//! The work per node stays bounded as the overlay grows: a node keeps
+//! connections to the few nodes it watches and that watch it (plus its
+//! gossip mesh), every other connection closes when idle, and records travel
+//! in batches to the nodes that lack them instead of one message per record
+//! per peer.
+
+mod spread;
+mod watch;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,24 +22,25 @@ use futures::StreamExt as _;
 use libp2p::core::transport::MemoryTransport;
 use libp2p::core::upgrade::Version;
 use libp2p::core::{ConnectedPoint, Transport as _};
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
+use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, kad, noise, ping, request_response, tcp, yamux};
 use libp2p::{Multiaddr, PeerId, Swarm};
-use rand::seq::IteratorRandom as _;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch as tokio_watch};
 
 use super::behaviour::{Behaviour, BehaviourEvent, MEMBERSHIP_TOPIC};
 use super::{from_multiaddr, is_host_local, peer_to_node, to_multiaddr};
 use crate::membership::health::LocalHealth;
 use crate::membership::identity::{NodeId, NodeIdentity};
-use crate::membership::message::{GossipMessage, SyncRequest, SyncResponse, MAX_GOSSIP_LEN};
+use crate::membership::message::{GossipMessage, MAX_GOSSIP_LEN};
 use crate::membership::record::{NodeInfo, NodeRecord, RecordError, VerifiedNodeRecord};
+use crate::membership::ring::MonitorRings;
 use crate::membership::status::MembershipStatus;
 use crate::membership::table::{
     Accepted, MemberTable, MembershipEvent, Refusal, SuspicionOutcome, TableConfig,
 };
-use crate::membership::{Command, Limits, MembershipConfig, MembershipError, PeerAddr, Timing};
+use crate::membership::{
+    Command, Limits, MembershipConfig, MembershipError, PeerAddr, Timing, MAX_CONTACTS,
+};
 
 /// Timer period: the resolution of probe and suspicion deadlines.
 const TICK: Duration = Duration::from_millis(100);
@@ -45,8 +48,11 @@ const TICK: Duration = Duration::from_millis(100);
 const BOOTSTRAP_RETRY: Duration = Duration::from_secs(2);
 /// Most gossip messages waiting for a subscriber before the oldest is dropped.
 const MAX_PENDING_PUBLISH: usize = 64;
-/// Most listen addresses of one peer fed to Kademlia.
+/// Most listen addresses of one peer remembered and fed to Kademlia.
 const MAX_ADDRS_PER_PEER: usize = 8;
+/// A connection nobody needs (not to a subject, a watcher or a gossip mesh peer, and
+/// not in use by Kademlia or a sync) closes after this long.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -91,17 +97,21 @@ struct Peer {
     node: NodeId,
     /// Addresses we reached it at or that it listens on (to redial it).
     addrs: Vec<Multiaddr>,
-    gossip: Bucket,
+    /// Gossip messages and pushed records it may send us.
+    records: Bucket,
+    /// Sync requests it may send us.
     syncs: Bucket,
     /// Last answered ping (or the connection's start).
     last_pong: Instant,
 }
 
-/// A redial of a node whose connection closed.
-struct Probe {
-    peer: PeerId,
-    addrs: Vec<Multiaddr>,
-    deadline: Instant,
+/// How a record reached us (decides whether it is passed on as news).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// Gossipsub: already flooded to everyone, nothing to pass on.
+    Gossip,
+    /// A sync request or response: news in it is pushed on.
+    Sync,
 }
 
 /// The membership task's state.
@@ -115,27 +125,29 @@ pub(crate) struct Driver {
     limits: Limits,
     bootstrap: Vec<Multiaddr>,
     peers: HashMap<PeerId, Peer>,
-    /// Nodes whose connection closed and that we are redialing.
-    probes: HashMap<NodeId, Probe>,
     /// Whether we are running too late to trust our own timeouts.
     health: LocalHealth,
     /// Gossip messages that found no subscriber yet.
     pending_publish: VecDeque<Vec<u8>>,
     events: mpsc::Sender<MembershipEvent>,
     commands: mpsc::Receiver<Command>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: tokio_watch::Receiver<bool>,
     listen_addrs: Vec<Multiaddr>,
     next_refresh: Instant,
-    next_sync: Instant,
     next_bootstrap: Instant,
     last_refutation: Option<Instant>,
     /// Set while we have no connection at all after having had some.
     isolated_since: Option<Instant>,
+    /// Failure detection state (see [`watch`]).
+    watch: watch::WatchState,
+    /// Dissemination state (see [`spread`]).
+    spread: spread::SpreadState,
 }
 
 fn sign_own(
     identity: &NodeIdentity,
     info: &NodeInfo,
+    contacts: &[PeerAddr],
     previous_seq: u64,
     leaving: bool,
 ) -> Result<VerifiedNodeRecord, RecordError> {
@@ -147,8 +159,23 @@ fn sign_own(
         timestamp_ms: unix_ms(),
         leaving,
         info: info.clone(),
+        contacts: contacts.to_vec(),
     }
     .sign(identity)
+}
+
+/// The addresses worth advertising in our record: routable ones first; loopback and
+/// wildcard ones only when there is nothing else (single-host runs and tests).
+fn contacts_of(listen_addrs: &[Multiaddr]) -> Vec<PeerAddr> {
+    let (local, routable): (Vec<&Multiaddr>, Vec<&Multiaddr>) =
+        listen_addrs.iter().partition(|a| is_host_local(a));
+    let chosen = if routable.is_empty() { local } else { routable };
+    chosen
+        .into_iter()
+        .filter_map(from_multiaddr)
+        .filter(|a| !matches!(a, PeerAddr::Tcp(sa) if sa.ip().is_unspecified()))
+        .take(MAX_CONTACTS)
+        .collect()
 }
 
 impl Driver {
@@ -157,7 +184,7 @@ impl Driver {
         config: MembershipConfig,
         events: mpsc::Sender<MembershipEvent>,
         commands: mpsc::Receiver<Command>,
-        shutdown: watch::Receiver<bool>,
+        shutdown: tokio_watch::Receiver<bool>,
     ) -> Result<(Self, Vec<PeerAddr>), MembershipError> {
         let MembershipConfig {
             identity,
@@ -166,8 +193,11 @@ impl Driver {
             bootstrap,
             timing,
             limits,
+            watchers,
+            signature_cache,
         } = config;
-        let own = sign_own(&identity, &info, 0, false)?;
+        // Checks the info before anything is bound (the real record follows below).
+        sign_own(&identity, &info, &[], 0, false)?;
         let setup = |e: &dyn std::fmt::Display| MembershipError::Setup(e.to_string());
         let keypair = libp2p::identity::Keypair::ed25519_from_bytes(identity.seed())
             .map_err(|e| setup(&e))?;
@@ -190,9 +220,9 @@ impl Driver {
             .map_err(|e| setup(&e))?
             .with_behaviour(|key| Behaviour::new(key, &timing, &limits).map_err(Into::into))
             .map_err(|e| setup(&e))?
-            // Ping detects dead connections; idle ones stay open so that a closed
-            // connection always means something.
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+            // Connections failure detection relies on are held open by the keep-alive
+            // behaviour; the rest close when idle.
+            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
             .with_connection_timeout(timing.probe_timeout.max(Duration::from_secs(1)))
             .build();
 
@@ -213,7 +243,8 @@ impl Driver {
                 })?;
             listeners.push((id, *addr));
         }
-        // Wait until every listener is bound, so callers can hand our address to others.
+        // Wait until every listener is bound, so callers can hand our address to others
+        // and our record can carry it.
         let mut bound: Vec<PeerAddr> = Vec::new();
         let mut listen_addrs = Vec::new();
         let mut waiting: HashSet<_> = listeners.iter().map(|(id, _)| *id).collect();
@@ -243,6 +274,7 @@ impl Driver {
                 _ => {}
             }
         }
+        let own = sign_own(&identity, &info, &contacts_of(&listen_addrs), 0, false)?;
 
         let local = identity.node_id();
         let mut table = MemberTable::new(
@@ -255,6 +287,9 @@ impl Driver {
                 ..TableConfig::default()
             },
         );
+        if let Some(cache) = signature_cache {
+            table.set_signature_cache(cache);
+        }
         table.set_local_seq(own.seq());
         let now = Instant::now();
         let mut driver = Self {
@@ -263,14 +298,14 @@ impl Driver {
             topic,
             table,
             own,
-            next_refresh: now + timing.refresh_interval,
-            next_sync: now + timing.sync_interval,
+            next_refresh: now + spread::jittered(timing.refresh_interval),
             next_bootstrap: now,
+            watch: watch::WatchState::new(MonitorRings::new(local, watchers)),
+            spread: spread::SpreadState::new(now),
             timing,
             limits,
             bootstrap: bootstrap.iter().map(to_multiaddr).collect(),
             peers: HashMap::new(),
-            probes: HashMap::new(),
             health: LocalHealth::default(),
             pending_publish: VecDeque::new(),
             events,
@@ -281,7 +316,6 @@ impl Driver {
             isolated_since: None,
         };
         driver.dial_bootstrap();
-        driver.publish_own();
         Ok((driver, bound))
     }
 
@@ -311,10 +345,8 @@ impl Driver {
 
     /// Publishes a leaving record and gives it `leave_grace` to go out.
     async fn leave(&mut self) {
-        if let Ok(record) = sign_own(&self.identity, self.own.info(), self.own.seq(), true) {
-            self.own = record;
-            self.table.set_local_seq(self.own.seq());
-            self.publish(GossipMessage::Record(self.own.bytes()).to_bytes());
+        if self.resign(true).is_ok() {
+            self.publish_own();
         }
         let deadline = tokio::time::sleep(self.timing.leave_grace);
         tokio::pin!(deadline);
@@ -326,7 +358,9 @@ impl Driver {
         }
     }
 
+    /// Delivers an event to the owner and keeps the monitoring rings in step with it.
     fn emit(&mut self, event: MembershipEvent) {
+        self.watch.on_membership_event(&event);
         if self.events.try_send(event).is_err() {
             self.table.counters.events_dropped += 1;
         }
@@ -347,7 +381,14 @@ impl Driver {
                 let _ = reply.send(self.status());
             }
             Command::UpdateRecord(info, reply) => {
-                let result = sign_own(&self.identity, &info, self.own.seq(), false).map(|r| {
+                let result = sign_own(
+                    &self.identity,
+                    &info,
+                    &self.own.record().contacts,
+                    self.own.seq(),
+                    false,
+                )
+                .map(|r| {
                     self.own = r;
                     self.table.set_local_seq(self.own.seq());
                     self.publish_own();
@@ -364,6 +405,8 @@ impl Driver {
             record_seq: self.own.seq(),
             listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
             connected_peers: self.swarm.connected_peers().count(),
+            subjects: self.watch.subject_count(),
+            watchers: self.watch.watcher_count(),
             live_members: self.table.live_count(),
             table_entries: self.table.len(),
             counters: self.table.counters,
@@ -382,11 +425,24 @@ impl Driver {
         self.next_bootstrap = Instant::now() + BOOTSTRAP_RETRY;
     }
 
-    /// Re-signs our record (new seq) and publishes it.
+    /// Re-signs our record (new seq, current contacts); `leaving` marks the last one.
+    fn resign(&mut self, leaving: bool) -> Result<(), RecordError> {
+        let contacts = contacts_of(&self.listen_addrs);
+        let record = sign_own(
+            &self.identity,
+            self.own.info(),
+            &contacts,
+            self.own.seq(),
+            leaving,
+        )?;
+        self.own = record;
+        self.table.set_local_seq(self.own.seq());
+        Ok(())
+    }
+
+    /// Re-signs our record and tells everyone at once (refutations, returns, new addresses).
     fn republish_own(&mut self) {
-        if let Ok(record) = sign_own(&self.identity, self.own.info(), self.own.seq(), false) {
-            self.own = record;
-            self.table.set_local_seq(self.own.seq());
+        if self.resign(false).is_ok() {
             self.publish_own();
         }
     }
@@ -427,116 +483,25 @@ impl Driver {
     fn on_tick(&mut self, now: Instant) {
         self.health.tick(now, TICK);
         let degraded = self.health.degraded();
-        let expired: Vec<NodeId> = self
-            .probes
-            .iter()
-            .filter(|(_, probe)| now >= probe.deadline)
-            .map(|(node, _)| *node)
-            .collect();
-        for node in expired {
-            if degraded {
-                // We may be the slow one: try again rather than accuse.
-                self.table.counters.verdicts_deferred += 1;
-                self.redial(node);
-            } else {
-                self.probe_failed(node);
-            }
-        }
-        if !degraded {
-            self.check_pings(now);
-        }
+        self.watch_tick(now, degraded);
         let events = self.table.tick(now, degraded);
         self.emit_all(events);
+        self.update_watch(now);
         if !self.pending_publish.is_empty() {
             self.retry_pending();
         }
         if now >= self.next_refresh {
-            self.next_refresh = now + self.timing.refresh_interval;
-            self.republish_own();
+            // A refresh changes nothing but freshness: pull syncs carry it, no flood.
+            self.next_refresh = now + spread::jittered(self.timing.refresh_interval);
+            let _ = self.resign(false);
         }
-        if now >= self.next_sync {
-            self.next_sync = now + self.timing.sync_interval;
-            let peer = self.peers.keys().choose(&mut rand::rng()).copied();
-            if let Some(peer) = peer {
-                self.send_sync(peer);
-            }
-        }
+        self.spread_tick(now);
         if self.peers.is_empty() && now >= self.next_bootstrap {
             self.dial_bootstrap();
         }
     }
 
-    /// Probes peers whose pings went unanswered for `ping_interval + ping_timeout`.
-    /// (libp2p's ping forgives the first timeout and then waits for a new substream's
-    /// negotiation to time out, which takes 10 s on a dead path; answered pings are
-    /// the heartbeat we judge by instead.)
-    fn check_pings(&mut self, now: Instant) {
-        let limit = self.timing.ping_interval + self.timing.ping_timeout;
-        let silent: Vec<(PeerId, NodeId, Vec<Multiaddr>)> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| now.duration_since(p.last_pong) > limit)
-            .filter(|(_, p)| self.table.is_up(&p.node) && !self.probes.contains_key(&p.node))
-            .map(|(peer, p)| (*peer, p.node, p.addrs.clone()))
-            .collect();
-        for (peer, node, addrs) in silent {
-            tracing::debug!(%peer, "pings unanswered: probing with a fresh connection");
-            // Disconnect first: it aborts pending dials, and the probe's must survive.
-            let _ = self.swarm.disconnect_peer_id(peer);
-            self.start_probe(peer, node, addrs);
-        }
-    }
-
-    fn send_sync(&mut self, peer: PeerId) {
-        let request = SyncRequest::encode(self.own.bytes(), self.table.digest());
-        self.swarm.behaviour_mut().sync.send_request(&peer, request);
-    }
-
-    /// Our redial of `node` failed or timed out: it is down from here; tell the others.
-    fn probe_failed(&mut self, node: NodeId) {
-        self.probes.remove(&node);
-        if let Some((event, seq)) = self.table.unreachable(node) {
-            tracing::debug!(node = %node.short(), "probe failed: peer down");
-            self.emit(event);
-            self.table.counters.suspicions_sent += 1;
-            self.publish(GossipMessage::Suspect { node, seq }.to_bytes());
-        }
-    }
-
-    fn start_probe(&mut self, peer: PeerId, node: NodeId, addrs: Vec<Multiaddr>) {
-        if !self.table.is_up(&node) || self.probes.contains_key(&node) {
-            return;
-        }
-        self.probes.insert(
-            node,
-            Probe {
-                peer,
-                addrs,
-                deadline: Instant::now(),
-            },
-        );
-        self.redial(node);
-    }
-
-    /// (Re)dials a probed node and restarts its probe deadline.
-    fn redial(&mut self, node: NodeId) {
-        let Some(probe) = self.probes.get_mut(&node) else {
-            return;
-        };
-        probe.deadline = Instant::now() + self.timing.probe_timeout;
-        // NotDialing, not Disconnected: after a ping failure the old connection may
-        // still be closing while we need a fresh one.
-        let opts = DialOpts::peer_id(probe.peer)
-            .condition(PeerCondition::NotDialing)
-            .addresses(probe.addrs.clone())
-            .extend_addresses_through_behaviour()
-            .build();
-        if let Err(e) = self.swarm.dial(opts) {
-            tracing::debug!(node = %node.short(), error = %e, "probe dial not started");
-        }
-    }
-
-    fn on_swarm_event(&mut self, event: SwarmEvent<super::behaviour::BehaviourEvent>) {
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -557,28 +522,24 @@ impl Driver {
                 peer_id: Some(peer),
                 error,
                 ..
-            } => {
-                let node = peer_to_node(&peer);
-                if let Some(node) = node.filter(|n| self.probes.contains_key(n)) {
-                    if matches!(error, DialError::Aborted) {
-                        // We cancelled it ourselves; the probe deadline still runs.
-                    } else if self.health.degraded() {
-                        // A timeout may be ours; the tick redials at the deadline.
-                        tracing::debug!(%peer, %error, "probe dial failed while running late");
-                    } else {
-                        tracing::debug!(%peer, %error, "probe dial failed");
-                        self.probe_failed(node);
-                    }
-                }
-            }
+            } => self.on_dial_failed(peer, &error),
             SwarmEvent::NewListenAddr { address, .. } if !self.listen_addrs.contains(&address) => {
                 self.listen_addrs.push(address);
+                self.on_listen_addrs_changed();
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listen_addrs.retain(|a| a != &address);
+                self.on_listen_addrs_changed();
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
+        }
+    }
+
+    /// Our contact addresses changed (an interface came or went): others must learn them.
+    fn on_listen_addrs_changed(&mut self) {
+        if contacts_of(&self.listen_addrs) != self.own.record().contacts {
+            self.republish_own();
         }
     }
 
@@ -597,40 +558,39 @@ impl Driver {
         let entry = self.peers.entry(peer).or_insert_with(|| Peer {
             node,
             addrs: Vec::new(),
-            gossip: Bucket::new(limits.gossip_per_peer_burst, now),
+            records: Bucket::new(limits.gossip_per_peer_burst, now),
             syncs: Bucket::new(limits.syncs_per_peer_per_sec.max(1.0) * 2.0, now),
             last_pong: now,
         });
         entry.last_pong = now;
-        if let Some(addr) = dialed_addr {
-            if !entry.addrs.contains(&addr) && entry.addrs.len() < MAX_ADDRS_PER_PEER {
+        if let Some(addr) = &dialed_addr {
+            if !entry.addrs.contains(addr) && entry.addrs.len() < MAX_ADDRS_PER_PEER {
                 entry.addrs.push(addr.clone());
             }
-            self.swarm.behaviour_mut().kademlia.add_address(&peer, addr);
+            self.swarm
+                .behaviour_mut()
+                .kademlia
+                .add_address(&peer, addr.clone());
         }
-        self.probes.remove(&node);
+        self.watch.on_connected(node);
         if let Some(event) = self.table.set_connected(node, true, now) {
             self.emit(event);
         }
-        if self.isolated_since.take().is_some() {
+        let back_from_isolation = self.isolated_since.take().is_some();
+        if back_from_isolation {
             // Back from isolation (a partition, a network restart): others may have
             // declared us down and we heard none of their suspicions, so announce a
             // newer record.
             self.republish_own();
         }
         if count == 1 {
-            // Exchange records at once: this is how a newcomer learns the membership
-            // and how everyone learns the newcomer even before gossip meshes form.
-            self.send_sync(peer);
-            if self.bootstrap_pending() {
+            let to_bootstrap = dialed_addr.is_some_and(|a| self.bootstrap.contains(&a));
+            self.on_first_connection(peer, to_bootstrap || back_from_isolation);
+            if self.peers.len() == 1 {
+                // Our first peer: start finding others through the DHT.
                 let _ = self.swarm.behaviour_mut().kademlia.bootstrap();
             }
         }
-    }
-
-    /// Whether we have not yet run a Kademlia bootstrap with at least one peer.
-    fn bootstrap_pending(&self) -> bool {
-        self.peers.len() == 1
     }
 
     fn on_disconnected(&mut self, peer: PeerId) {
@@ -643,7 +603,7 @@ impl Driver {
             self.next_bootstrap = Instant::now() + BOOTSTRAP_RETRY;
         }
         if !*self.shutdown.borrow() {
-            self.start_probe(peer, state.node, state.addrs);
+            self.on_subject_lost(peer, state.node, state.addrs);
         }
     }
 
@@ -707,12 +667,12 @@ impl Driver {
     }
 
     fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
+        let we_are_local = self.listen_addrs.iter().any(is_host_local);
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
         // Loopback and wildcard addresses name the peer's own host; they are only
         // useful to us when we share that host (in-process tests, one-machine runs).
-        let we_are_local = self.listen_addrs.iter().any(is_host_local);
         let usable: Vec<Multiaddr> = info
             .listen_addrs
             .into_iter()
@@ -728,40 +688,6 @@ impl Driver {
         }
     }
 
-    fn on_ping(
-        &mut self,
-        peer: PeerId,
-        connection: ConnectionId,
-        result: Result<Duration, ping::Failure>,
-    ) {
-        match (result, self.peers.get(&peer)) {
-            (Ok(_), Some(_)) => {
-                let now = Instant::now();
-                let state = self.peers.get_mut(&peer).expect("matched above");
-                state.last_pong = now;
-                let node = state.node;
-                self.table.heard_from(node, now);
-            }
-            (Err(failure), _) if self.health.degraded() => {
-                // Our own lateness can time a ping out; the next ping decides.
-                tracing::debug!(%peer, %failure, "ping failed while running late");
-                self.table.counters.verdicts_deferred += 1;
-            }
-            (Err(failure), state) => {
-                tracing::debug!(%peer, %failure, "ping failed: closing connection and probing");
-                // Closing a connection over a dead path can take many seconds (the
-                // muxer waits for its close to be acknowledged), so the probe starts
-                // now, with a fresh dial, instead of at ConnectionClosed.
-                if let Some(state) = state {
-                    let (node, addrs) = (state.node, state.addrs.clone());
-                    self.start_probe(peer, node, addrs);
-                }
-                self.swarm.close_connection(connection);
-            }
-            _ => {}
-        }
-    }
-
     fn on_gossip(&mut self, source: PeerId, data: &[u8]) -> gossipsub::MessageAcceptance {
         use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
         let now = Instant::now();
@@ -770,7 +696,7 @@ impl Driver {
             self.limits.gossip_per_peer_burst,
         );
         if let Some(state) = self.peers.get_mut(&source) {
-            if !state.gossip.take(rate, burst, now) {
+            if !state.records.take(rate, burst, now) {
                 self.table.counters.dropped_rate_limited += 1;
                 return Ignore;
             }
@@ -784,7 +710,7 @@ impl Driver {
                 self.table.counters.dropped_malformed += 1;
                 Reject
             }
-            Ok(GossipMessage::Record(bytes)) => match self.offer(bytes, None) {
+            Ok(GossipMessage::Record(bytes)) => match self.offer(bytes, None, Via::Gossip) {
                 Ok(true) => Accept,
                 Ok(false) => Ignore,
                 Err(Refusal::Stale | Refusal::TableFull | Refusal::KeyConflict) => Ignore,
@@ -816,14 +742,16 @@ impl Driver {
         self.republish_own();
     }
 
-    /// Offers a record to the table; Ok(true) if it was new (worth forwarding).
-    fn offer(&mut self, bytes: &[u8], bound_to: Option<NodeId>) -> Result<bool, Refusal> {
-        match self
-            .table
-            .offer(bytes, bound_to, Instant::now(), unix_ms())?
-        {
+    /// Offers a record to the table; Ok(true) if it was new (worth forwarding). News
+    /// (a node coming up or changing) that arrived by sync is queued to be pushed on.
+    fn offer(&mut self, bytes: &[u8], bound_to: Option<NodeId>, via: Via) -> Result<bool, Refusal> {
+        let now = Instant::now();
+        match self.table.offer(bytes, bound_to, now, unix_ms())? {
             Accepted::Stored(event) => {
                 if let Some(event) = event {
+                    if via == Via::Sync {
+                        self.spread.note_news(&event, now);
+                    }
                     self.emit(event);
                 }
                 Ok(true)
@@ -831,38 +759,32 @@ impl Driver {
             Accepted::Duplicate | Accepted::Own => Ok(false),
         }
     }
+}
 
-    fn on_sync_request(&mut self, peer: PeerId, request: &[u8]) -> Option<Vec<u8>> {
-        let rate = self.limits.syncs_per_peer_per_sec;
-        let state = self.peers.get_mut(&peer)?;
-        let node = state.node;
-        if !state.syncs.take(rate, rate.max(1.0) * 2.0, Instant::now()) {
-            self.table.counters.dropped_rate_limited += 1;
-            return None;
-        }
-        let Ok(request) = SyncRequest::parse(request) else {
-            self.table.counters.dropped_malformed += 1;
-            return None;
-        };
-        // The requester's own record must be signed by the requester itself.
-        let _ = self.offer(request.own_record, Some(node));
-        self.table.counters.syncs_served += 1;
-        let newer = self.table.newer_than(request.digest());
-        Some(SyncResponse::encode(self.own.bytes(), newer.into_iter()))
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    fn on_sync_response(&mut self, peer: PeerId, response: &[u8]) {
-        let Some(node) = self.peers.get(&peer).map(|p| p.node) else {
-            return;
-        };
-        let Ok(response) = SyncResponse::parse(response) else {
-            self.table.counters.dropped_malformed += 1;
-            return;
-        };
-        self.table.counters.syncs_completed += 1;
-        let _ = self.offer(response.own_record, Some(node));
-        for record in response.records {
-            let _ = self.offer(record, None);
-        }
+    #[test]
+    fn contacts_prefer_routable_addresses_and_skip_wildcards() {
+        let addrs: Vec<Multiaddr> = [
+            "/ip4/127.0.0.1/tcp/1",
+            "/ip4/198.18.0.1/tcp/7946",
+            "/ip4/0.0.0.0/tcp/2",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        assert_eq!(
+            contacts_of(&addrs),
+            vec![PeerAddr::Tcp("198.18.0.1:7946".parse().unwrap())]
+        );
+        assert_eq!(
+            contacts_of(&addrs[..1]),
+            vec![PeerAddr::Tcp("127.0.0.1:1".parse().unwrap())],
+            "loopback when it is all there is"
+        );
+        let memory: Multiaddr = "/memory/9".parse().unwrap();
+        assert_eq!(contacts_of(&[memory]), vec![PeerAddr::Memory(9)]);
     }
 }

@@ -4,6 +4,7 @@
 mod behaviour;
 mod codec;
 mod driver;
+mod keepalive;
 
 pub(crate) use driver::Driver;
 

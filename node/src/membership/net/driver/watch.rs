@@ -1,0 +1,379 @@
+//! Failure detection: which nodes this node watches, how it notices that one
+//! stopped, and what it tells the others.
+//!
+//! In the order it usually fires:
+//! 1. our *subjects* are our successors on the monitoring rings
+//!    ([`MonitorRings`]); we keep a connection to each (dialing the contact
+//!    addresses in its signed record) and libp2p ping runs on it;
+//! 2. a subject's connection closes (its process died: the kernel resets its
+//!    sockets): we redial at once; if that fails or takes longer than
+//!    `probe_timeout`, it is down for us and we gossip a suspicion;
+//! 3. a subject stops answering pings for `ping_interval + ping_timeout` (a
+//!    frozen host, a cut path): we gossip a suspicion at once and probe it with
+//!    a fresh dial, whose failure makes it down for us too;
+//! 4. every node that hears a suspicion and has no first-hand evidence to the
+//!    contrary gives the suspect `suspicion_timeout` to refute it with a newer
+//!    record; a live suspect always hears its own suspicion and refutes, so a
+//!    lying peer cannot evict anyone;
+//! 5. as a backstop, a member with no connection and no fresh record for
+//!    `record_ttl` expires.
+//!
+//! A node that finds itself running late (see [`crate::membership::health`])
+//! holds every verdict until it has caught up.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, DialError};
+use libp2p::{ping, Multiaddr, PeerId};
+
+use super::Driver;
+use crate::membership::identity::NodeId;
+use crate::membership::message::GossipMessage;
+use crate::membership::net::{is_host_local, node_to_peer, peer_to_node, to_multiaddr};
+use crate::membership::ring::MonitorRings;
+use crate::membership::table::MembershipEvent;
+
+/// How long after a failed first dial of a subject we try again.
+const SUBJECT_REDIAL: Duration = Duration::from_secs(2);
+/// First dials of a subject that may fail before we suspect it (it may not be
+/// listening yet, or its record may be ahead of its listener).
+const SUBJECT_DIAL_ATTEMPTS: u32 = 3;
+
+/// A node we watch.
+struct Subject {
+    peer: PeerId,
+    /// Whether we have ever been connected to it (then a lost connection is probed).
+    connected_once: bool,
+    dial_failures: u32,
+    next_dial: Instant,
+}
+
+/// A redial of a subject whose connection closed or went silent.
+struct Probe {
+    peer: PeerId,
+    addrs: Vec<Multiaddr>,
+    deadline: Instant,
+}
+
+/// Who we watch and who watches us, and the probes under way.
+pub(super) struct WatchState {
+    rings: MonitorRings,
+    /// The rings changed since subjects and watchers were last derived from them.
+    dirty: bool,
+    subjects: HashMap<NodeId, Subject>,
+    watchers: HashSet<NodeId>,
+    probes: HashMap<NodeId, Probe>,
+}
+
+impl WatchState {
+    pub(super) fn new(rings: MonitorRings) -> Self {
+        Self {
+            rings,
+            dirty: true,
+            subjects: HashMap::new(),
+            watchers: HashSet::new(),
+            probes: HashMap::new(),
+        }
+    }
+
+    /// Keeps the rings equal to the set of live members.
+    pub(super) fn on_membership_event(&mut self, event: &MembershipEvent) {
+        match event {
+            MembershipEvent::PeerUp(record) => {
+                self.rings.insert(record.node_id());
+                self.dirty = true;
+            }
+            MembershipEvent::PeerDown { node, .. } => {
+                self.rings.remove(node);
+                self.probes.remove(node);
+                self.dirty = true;
+            }
+            MembershipEvent::PeerUpdated(_) => {}
+        }
+    }
+
+    pub(super) fn on_connected(&mut self, node: NodeId) {
+        self.probes.remove(&node);
+        if let Some(subject) = self.subjects.get_mut(&node) {
+            subject.connected_once = true;
+            subject.dial_failures = 0;
+        }
+    }
+
+    pub(super) fn subject_count(&self) -> usize {
+        self.subjects.len()
+    }
+
+    pub(super) fn watcher_count(&self) -> usize {
+        self.watchers.len()
+    }
+}
+
+impl Driver {
+    /// Re-derives subjects and watchers after membership changed: connections to both
+    /// are kept open, new subjects are dialed on the next tick.
+    pub(super) fn update_watch(&mut self, now: Instant) {
+        if !self.watch.dirty {
+            return;
+        }
+        self.watch.dirty = false;
+        let subjects: HashSet<NodeId> = self.watch.rings.subjects().into_iter().collect();
+        self.watch.watchers = self.watch.rings.watchers().into_iter().collect();
+        self.watch
+            .subjects
+            .retain(|node, _| subjects.contains(node));
+        let probes = &mut self.watch.probes;
+        probes.retain(|node, _| subjects.contains(node));
+        for node in subjects {
+            let Some(peer) = node_to_peer(&node) else {
+                continue;
+            };
+            let connected = self.peers.contains_key(&peer);
+            self.watch.subjects.entry(node).or_insert(Subject {
+                peer,
+                connected_once: connected,
+                dial_failures: 0,
+                next_dial: now,
+            });
+        }
+        let wanted = self
+            .watch
+            .subjects
+            .values()
+            .map(|s| s.peer)
+            .chain(self.watch.watchers.iter().filter_map(node_to_peer))
+            .collect();
+        self.swarm.behaviour_mut().keep_alive.set_wanted(wanted);
+    }
+
+    /// Probe deadlines, silent subjects, and dials of subjects we are not connected to.
+    pub(super) fn watch_tick(&mut self, now: Instant, degraded: bool) {
+        let expired: Vec<NodeId> = self
+            .watch
+            .probes
+            .iter()
+            .filter(|(_, probe)| now >= probe.deadline)
+            .map(|(node, _)| *node)
+            .collect();
+        for node in expired {
+            if degraded {
+                // We may be the slow one: try again rather than accuse.
+                self.table.counters.verdicts_deferred += 1;
+                self.redial(node);
+            } else {
+                self.probe_failed(node);
+            }
+        }
+        if !degraded {
+            self.check_pings(now);
+        }
+        let to_dial: Vec<NodeId> = self
+            .watch
+            .subjects
+            .iter()
+            .filter(|(node, s)| {
+                now >= s.next_dial
+                    && !self.peers.contains_key(&s.peer)
+                    && !self.watch.probes.contains_key(node)
+            })
+            .map(|(node, _)| *node)
+            .collect();
+        for node in to_dial {
+            self.dial_subject(node, now);
+        }
+    }
+
+    fn dial_subject(&mut self, node: NodeId, now: Instant) {
+        let addrs = self.dial_addrs(&node, &[]);
+        let Some(subject) = self.watch.subjects.get_mut(&node) else {
+            return;
+        };
+        subject.next_dial = now + SUBJECT_REDIAL;
+        if addrs.is_empty() {
+            return;
+        }
+        let opts = DialOpts::peer_id(subject.peer)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .addresses(addrs)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::trace!(node = %node.short(), error = %e, "subject dial not started");
+        }
+    }
+
+    /// Where to dial `node`: the contacts in its signed record, then addresses we
+    /// reached it at before.
+    fn dial_addrs(&self, node: &NodeId, known: &[Multiaddr]) -> Vec<Multiaddr> {
+        let we_are_local = self.listen_addrs.iter().any(is_host_local);
+        let mut addrs: Vec<Multiaddr> = self
+            .table
+            .record_of(node)
+            .map(|r| r.record().contacts.iter().map(to_multiaddr).collect())
+            .unwrap_or_default();
+        addrs.retain(|a| we_are_local || !is_host_local(a));
+        for a in known {
+            if !addrs.contains(a) {
+                addrs.push(a.clone());
+            }
+        }
+        addrs
+    }
+
+    /// A dial failed: a probe's failure is a verdict; a subject that we could never
+    /// reach is suspected after a few attempts.
+    pub(super) fn on_dial_failed(&mut self, peer: PeerId, error: &DialError) {
+        let Some(node) = peer_to_node(&peer) else {
+            return;
+        };
+        if self.watch.probes.contains_key(&node) {
+            if matches!(error, DialError::Aborted) {
+                // We cancelled it ourselves; the probe deadline still runs.
+            } else if self.health.degraded() {
+                // A timeout may be ours; the tick redials at the deadline.
+                tracing::debug!(%peer, %error, "probe dial failed while running late");
+            } else {
+                tracing::debug!(%peer, %error, "probe dial failed");
+                self.probe_failed(node);
+            }
+            return;
+        }
+        let degraded = self.health.degraded();
+        let Some(subject) = self.watch.subjects.get_mut(&node) else {
+            return;
+        };
+        if matches!(
+            error,
+            DialError::Aborted | DialError::DialPeerConditionFalse(_)
+        ) {
+            return;
+        }
+        subject.dial_failures += 1;
+        tracing::debug!(%peer, %error, failures = subject.dial_failures, "subject dial failed");
+        if subject.dial_failures >= SUBJECT_DIAL_ATTEMPTS && !degraded {
+            subject.dial_failures = 0;
+            self.probe_failed(node);
+        }
+    }
+
+    /// The connection to `peer` is gone: a subject we were connected to is probed.
+    pub(super) fn on_subject_lost(&mut self, peer: PeerId, node: NodeId, addrs: Vec<Multiaddr>) {
+        if self
+            .watch
+            .subjects
+            .get(&node)
+            .is_some_and(|s| s.connected_once)
+        {
+            self.start_probe(peer, node, addrs);
+        }
+    }
+
+    pub(super) fn on_ping(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        result: Result<Duration, ping::Failure>,
+    ) {
+        match (result, self.peers.get_mut(&peer)) {
+            (Ok(_), Some(state)) => {
+                let now = Instant::now();
+                state.last_pong = now;
+                let node = state.node;
+                self.table.heard_from(node, now);
+            }
+            (Err(failure), _) if self.health.degraded() => {
+                // Our own lateness can time a ping out; the next ping decides.
+                tracing::debug!(%peer, %failure, "ping failed while running late");
+                self.table.counters.verdicts_deferred += 1;
+            }
+            (Err(failure), state) => {
+                tracing::debug!(%peer, %failure, "ping failed: closing the connection");
+                // Closing a connection over a dead path can take many seconds (the
+                // muxer waits for its close to be acknowledged), so a subject's probe
+                // starts now, with a fresh dial, instead of at ConnectionClosed.
+                if let Some(state) = state {
+                    let (node, addrs) = (state.node, state.addrs.clone());
+                    self.on_subject_lost(peer, node, addrs);
+                }
+                self.swarm.close_connection(connection);
+            }
+            _ => {}
+        }
+    }
+
+    /// Subjects whose pings went unanswered for `ping_interval + ping_timeout` are
+    /// suspected at once and probed. (libp2p's ping forgives the first timeout and then
+    /// waits for a new substream's negotiation to time out, which takes 10 s on a dead
+    /// path; answered pings are the heartbeat we judge by instead.)
+    fn check_pings(&mut self, now: Instant) {
+        let limit = self.timing.ping_interval + self.timing.ping_timeout;
+        let silent: Vec<(PeerId, NodeId, Vec<Multiaddr>)> = self
+            .watch
+            .subjects
+            .iter()
+            .filter(|(node, _)| !self.watch.probes.contains_key(node))
+            .filter_map(|(node, s)| {
+                let state = self.peers.get(&s.peer)?;
+                (now.duration_since(state.last_pong) > limit && self.table.is_up(node))
+                    .then(|| (s.peer, *node, state.addrs.clone()))
+            })
+            .collect();
+        for (peer, node, addrs) in silent {
+            tracing::debug!(node = %node.short(), "pings unanswered: suspecting and probing");
+            if let Some(seq) = self.table.raise_suspicion(node, now) {
+                self.table.counters.silences_detected += 1;
+                self.table.counters.suspicions_sent += 1;
+                self.publish(GossipMessage::Suspect { node, seq }.to_bytes());
+            }
+            // Disconnect first: it aborts pending dials, and the probe's must survive.
+            let _ = self.swarm.disconnect_peer_id(peer);
+            self.start_probe(peer, node, addrs);
+        }
+    }
+
+    fn start_probe(&mut self, peer: PeerId, node: NodeId, addrs: Vec<Multiaddr>) {
+        if !self.table.is_up(&node) || self.watch.probes.contains_key(&node) {
+            return;
+        }
+        let addrs = self.dial_addrs(&node, &addrs);
+        self.watch.probes.insert(
+            node,
+            Probe {
+                peer,
+                addrs,
+                deadline: Instant::now(),
+            },
+        );
+        self.redial(node);
+    }
+
+    /// (Re)dials a probed node and restarts its probe deadline.
+    fn redial(&mut self, node: NodeId) {
+        let Some(probe) = self.watch.probes.get_mut(&node) else {
+            return;
+        };
+        probe.deadline = Instant::now() + self.timing.probe_timeout;
+        // NotDialing, not Disconnected: after a ping failure the old connection may
+        // still be closing while we need a fresh one.
+        let opts = DialOpts::peer_id(probe.peer)
+            .condition(PeerCondition::NotDialing)
+            .addresses(probe.addrs.clone())
+            .extend_addresses_through_behaviour()
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(node = %node.short(), error = %e, "probe dial not started");
+        }
+    }
+
+    /// Our redial of `node` failed or timed out: it is down from here; tell the others.
+    fn probe_failed(&mut self, node: NodeId) {
+        self.watch.probes.remove(&node);
+        if let Some((event, seq)) = self.table.unreachable(node) {
+            tracing::debug!(node = %node.short(), "probe failed: peer down");
+            self.emit(event);
+            self.table.counters.suspicions_sent += 1;
+            self.publish(GossipMessage::Suspect { node, seq }.to_bytes());
+        }
+    }
+}
