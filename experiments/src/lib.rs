@@ -5,3 +5,4 @@ pub mod cluster;
 pub mod demo;
 pub mod overlay_bench;
 pub mod rtt;
+pub mod scenarios;
