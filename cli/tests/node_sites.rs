@@ -1,11 +1,13 @@
 //! Issue 5 end to end: an authority and three node daemons on three
 //! namespaced sites; a slice with one sliver per site boots real guests
-//! (QEMU here), which reach each other through their enclave; revocation,
-//! node failure, node restart and forged tickets behave.
+//! (QEMU here), which reach each other through their enclave; a slice
+//! member runs a command on a remote sliver's console (a non-member cannot);
+//! revocation, node failure, node restart and forged tickets behave.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use slicenet_authority::api::MemberChange;
 use slicenet_experiments::catalog;
 use slicenet_experiments::cluster::{default_appliance, Cluster, ClusterOptions, PlacedSliver};
 use slicenet_testbed::require_privileged;
@@ -95,6 +97,58 @@ fn slivers_at_three_sites_form_an_enclave_that_survives_failures_and_revocation(
         "nrt -> ams"
     );
     progress("guests ping each other across sites");
+
+    // A slice member reaches a sliver's console at another site through its
+    // node, with a grant from the authority; a non-member is refused.
+    let alice = cluster.add_user("alice").expect("principal alice");
+    let mallory = cluster.add_user("mallory").expect("principal mallory");
+    let admin = cluster.admin();
+    cluster
+        .run(async move {
+            admin
+                .change_members(
+                    "ams_e2e",
+                    &MemberChange {
+                        add: vec!["alice".into()],
+                        remove: vec![],
+                    },
+                )
+                .await
+        })
+        .expect("alice joins the slice");
+    let remote = slivers[1].id.to_string();
+    assert_ne!(
+        slivers[1].site, cluster.sites[0].name,
+        "the console is remote"
+    );
+    let console = |key: &std::path::Path| {
+        cluster
+            .slicenet_as(
+                1,
+                key,
+                &["console", "ams_e2e", &remote, "--exec", "echo hi-$((1+1))"],
+            )
+            .expect("slicenet console runs")
+    };
+    let out = console(&alice);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "alice's console failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "hi-2", "the command's output, and only it");
+    let out = console(&mallory);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a non-member got a console: {stderr}"
+    );
+    assert!(
+        stderr.contains("may not open sliver consoles"),
+        "the refusal says why: {stderr}"
+    );
+    progress("a member ran a command on a remote sliver's console; a non-member was refused");
 
     // Revoking a sliver from the enclave cuts its traffic within 1 s.
     let admin = cluster.admin();

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use slicenet_authority::api::{
-    NewEnclave, NewNode, NewSite, NewSlice, PlacementGroup, PlacementRequest,
+    NewEnclave, NewNode, NewPrincipal, NewSite, NewSlice, PlacementGroup, PlacementRequest, Role,
+    SiteRole,
 };
 use slicenet_authority::client::Client;
 use slicenet_authority::keys::{self, PublicKey};
@@ -589,6 +590,49 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// Creates principal `name`, a user at the first site, with a fresh
+    /// key kept in the work directory; returns the key file (see
+    /// [`Cluster::slicenet_as`]).
+    pub fn add_user(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let key = keys::generate();
+        let path = self.work_dir.join(format!("{name}.key"));
+        keys::write_secret_key(&path, &key)?;
+        let principal = NewPrincipal {
+            name: name.to_string(),
+            public_key: PublicKey::of(&key),
+            admin: false,
+            sites: vec![SiteRole {
+                site: self.sites[0].name.to_string(),
+                role: Role::User,
+            }],
+        };
+        let admin = self.admin();
+        self.run(async move { admin.create_principal(&principal).await })
+            .with_context(|| format!("creating principal {name}"))?;
+        Ok(path)
+    }
+
+    /// Runs `slicenet ARGS` in site `site` (1-based; where the underlay is
+    /// reachable) as the principal whose secret key is the file `key`, the
+    /// way a user would (`SLICENET_AUTHORITY`, `SLICENET_KEY`); returns its
+    /// exit status and output.
+    pub fn slicenet_as(
+        &self,
+        site: usize,
+        key: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<std::process::Output> {
+        self.bed
+            .site(site)
+            .command(&self.slicenet_bin.display().to_string())
+            .args(args)
+            .env("SLICENET_AUTHORITY", &self.authority_url)
+            .env("SLICENET_KEY", key)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running slicenet {}", args.join(" ")))
     }
 
     /// Runs a shell command on a sliver's serial console and returns its output.

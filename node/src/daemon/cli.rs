@@ -1,6 +1,5 @@
 //! `slicenet node run|status` and `slicenet console`.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -54,17 +53,70 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-/// `slicenet console`.
+/// `slicenet console`: through the authority and the sliver's node
+/// (`SLICE SLIVER`), or through this machine's node daemon (`--data-dir DIR SLIVER`).
 #[derive(Debug, Args)]
+#[command(override_usage = "slicenet console [OPTIONS] SLICE SLIVER\n       \
+                            slicenet console --data-dir DIR [OPTIONS] SLIVER")]
 pub struct ConsoleArgs {
-    #[command(flatten)]
-    pub control: ControlArgs,
-    /// The sliver's id (see `slicenet slice show`).
-    pub sliver: u64,
+    /// The slice; or, when it is the only argument, the sliver's id on this
+    /// machine's node daemon.
+    #[arg(value_name = "SLICE")]
+    pub slice_or_sliver: String,
+    /// The sliver's id (see `slicenet slice show SLICE`).
+    #[arg(value_name = "SLIVER")]
+    pub sliver: Option<u64>,
+    /// Local form: the node's data directory (its control socket is
+    /// `control.sock` inside; default /var/lib/slicenet-node).
+    #[arg(long, env = "SLICENET_NODE_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Run this shell command on the console, print its output and exit
     /// (instead of attaching interactively).
     #[arg(long)]
     pub exec: Option<String>,
+    /// How long `--exec` waits for the command to finish.
+    #[arg(long, default_value = "60s", value_parser = slicenet_authority::cli::parse_duration)]
+    pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub conn: slicenet_authority::cli::ConnArgs,
+}
+
+/// Where `slicenet console` attaches.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConsoleTarget {
+    /// Through the authority (grant) and the node's console port.
+    Remote { slice: String, sliver: u64 },
+    /// Through a node daemon's control socket on this machine.
+    Local { data_dir: PathBuf, sliver: u64 },
+}
+
+impl ConsoleArgs {
+    /// Which form the arguments take.
+    pub fn target(&self) -> anyhow::Result<ConsoleTarget> {
+        match self.sliver {
+            Some(sliver) => Ok(ConsoleTarget::Remote {
+                slice: self.slice_or_sliver.clone(),
+                sliver,
+            }),
+            None => {
+                let sliver = self.slice_or_sliver.parse().with_context(|| {
+                    format!(
+                        "`{}` is not a sliver id; use `slicenet console SLICE SLIVER` \
+                         (through the authority) or `slicenet console --data-dir DIR SLIVER` \
+                         (this machine's node)",
+                        self.slice_or_sliver
+                    )
+                })?;
+                Ok(ConsoleTarget::Local {
+                    data_dir: self
+                        .data_dir
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from("/var/lib/slicenet-node")),
+                    sliver,
+                })
+            }
+        }
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -128,6 +180,10 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
     if let Some(e) = &report.authority_error {
         println!("  last authority error: {e}");
     }
+    match report.console {
+        Some(addr) => println!("  remote console on {addr}"),
+        None => println!("  remote console off"),
+    }
     println!("\nmembers ({} dropped inputs)", report.membership_dropped);
     println!(
         "  {:<12} {:<8} {:<5} {:<9} {:>10}  underlay",
@@ -171,54 +227,116 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
 
 /// Runs `slicenet console`.
 pub fn console(args: &ConsoleArgs) -> anyhow::Result<()> {
-    let socket = args.control.socket();
-    let rt = runtime()?;
+    let target = args.target()?;
+    runtime()?.block_on(async {
+        match target {
+            ConsoleTarget::Local { data_dir, sliver } => {
+                let socket = data_dir.join("control.sock");
+                let console = control::open_console(&socket, sliver).await?;
+                use_console(args, console, sliver).await
+            }
+            ConsoleTarget::Remote { slice, sliver } => {
+                let console = open_remote(args, &slice, sliver).await?;
+                use_console(args, console, sliver).await
+            }
+        }
+    })
+}
+
+/// Asks the authority for a grant with the principal's key and opens the
+/// console at the sliver's node.
+async fn open_remote(
+    args: &ConsoleArgs,
+    slice: &str,
+    sliver: u64,
+) -> anyhow::Result<tokio::net::TcpStream> {
+    let Some(key_path) = &args.conn.key else {
+        anyhow::bail!("no key to sign with: pass --key FILE or set SLICENET_KEY (your principal key; `slicenet keygen FILE` makes one)");
+    };
+    let key = slicenet_authority::keys::read_secret_key(key_path)?;
+    let client = slicenet_authority::client::Client::new(&args.conn.authority, key.clone());
+    let authority_key = client
+        .authority_info()
+        .await
+        .with_context(|| format!("asking {} for its public key", args.conn.authority))?
+        .public_key;
+    let reply = client.console_grant(slice, sliver).await.with_context(|| {
+        format!("asking the authority for a console grant for sliver {sliver} of slice {slice}")
+    })?;
+    let console = super::console_client::open(
+        &reply,
+        &authority_key,
+        &key,
+        super::console_server::HANDSHAKE_TIMEOUT,
+    )
+    .await
+    .with_context(|| format!("opening sliver {sliver}'s console on node {}", reply.node))?;
+    if args.exec.is_none() {
+        eprintln!(
+            "console of sliver {sliver} (slice {slice}) on node {} at {}; grant {}",
+            reply.node, reply.console, reply.grant_id
+        );
+    }
+    Ok(console)
+}
+
+/// Runs `--exec` on an open console, or attaches this terminal to it.
+async fn use_console<S>(args: &ConsoleArgs, mut console: S, sliver: u64) -> anyhow::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     if let Some(command) = &args.exec {
-        let out = rt.block_on(control::console_exec(
-            &socket,
-            args.sliver,
-            command,
-            std::time::Duration::from_secs(60),
-        ))?;
-        println!("{out}");
+        let out = super::console_io::exec(&mut console, command, args.timeout)
+            .await
+            .with_context(|| format!("running `{command}` on sliver {sliver}'s console"))?;
+        if args.conn.json {
+            println!("{}", serde_json::json!({ "sliver": sliver, "output": out }));
+        } else {
+            println!("{out}");
+        }
         return Ok(());
     }
-    rt.block_on(async {
-        let mut stream = control::open_console(&socket, args.sliver).await?;
-        eprintln!(
-            "attached to sliver {}'s console; Ctrl-] detaches",
-            args.sliver
+    eprintln!("attached to sliver {sliver}'s console; Ctrl-] detaches\r");
+    super::console_io::attach(console).await?;
+    eprintln!("\r\ndetached from sliver {sliver}'s console");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        console: ConsoleArgs,
+    }
+
+    fn target(args: &[&str]) -> anyhow::Result<ConsoleTarget> {
+        Cli::try_parse_from(std::iter::once("console").chain(args.iter().copied()))?
+            .console
+            .target()
+    }
+
+    #[test]
+    fn console_takes_slice_and_sliver_or_a_local_sliver() {
+        assert_eq!(
+            target(&["ams_e2e", "3", "--exec", "true"]).unwrap(),
+            ConsoleTarget::Remote {
+                slice: "ams_e2e".into(),
+                sliver: 3
+            }
         );
-        let (mut rd, mut wr) = tokio::io::split(stream.get_mut());
-        let to_vm = async {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut stdin = tokio::io::stdin();
-            let mut buf = [0u8; 1024];
-            loop {
-                let n = stdin.read(&mut buf).await?;
-                if n == 0 || buf[..n].contains(&0x1d) {
-                    return Ok::<_, std::io::Error>(());
-                }
-                wr.write_all(&buf[..n]).await?;
+        assert_eq!(
+            target(&["--data-dir", "/tmp/n", "3"]).unwrap(),
+            ConsoleTarget::Local {
+                data_dir: "/tmp/n".into(),
+                sliver: 3
             }
-        };
-        let from_vm = async {
-            use tokio::io::AsyncReadExt;
-            let mut buf = [0u8; 4096];
-            loop {
-                let n = rd.read(&mut buf).await?;
-                if n == 0 {
-                    return Ok::<_, std::io::Error>(());
-                }
-                let mut out = std::io::stdout();
-                out.write_all(&buf[..n])?;
-                out.flush()?;
-            }
-        };
-        tokio::select! {
-            r = to_vm => r?,
-            r = from_vm => r?,
-        }
-        anyhow::Ok(())
-    })
+        );
+        let err = target(&["ams_e2e"]).unwrap_err().to_string();
+        assert!(err.contains("slicenet console SLICE SLIVER"), "{err}");
+        assert!(target(&["ams_e2e", "three"]).is_err());
+    }
 }

@@ -116,6 +116,51 @@ pub struct CapacitySection {
     pub disk_gib: Option<u32>,
 }
 
+/// The port of a node's remote console listener unless `[console]` says otherwise.
+pub const DEFAULT_CONSOLE_PORT: u16 = 7010;
+
+/// The remote console listener (`slicenet console SLICE SLIVER`): where
+/// clients present console grants.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSection {
+    /// `false` turns the remote console off: the node registers no console
+    /// address and the authority issues no grants for its slivers.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// TCP address to listen on; default: the overlay's listen address
+    /// with port 7010 ([`DEFAULT_CONSOLE_PORT`]).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Address clients connect to, when it differs from `listen`
+    /// (e.g. `listen = 0.0.0.0:7010`, or behind NAT).
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
+    /// Console connections open at once (handshakes included); more are
+    /// refused with a "busy" answer.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+}
+
+impl Default for ConsoleSection {
+    fn default() -> Self {
+        ConsoleSection {
+            enabled: true,
+            listen: None,
+            advertise: None,
+            max_sessions: default_max_sessions(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_max_sessions() -> usize {
+    16
+}
+
 /// The whole node configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -136,6 +181,8 @@ pub struct NodeConfig {
     pub runtime: RuntimeSection,
     #[serde(default)]
     pub capacity: CapacitySection,
+    #[serde(default)]
+    pub console: ConsoleSection,
 }
 
 impl NodeConfig {
@@ -211,12 +258,46 @@ impl NodeConfig {
                 "needs a fixed port (other nodes must know where to send)",
             ));
         }
+        if config.console.enabled && config.console.max_sessions == 0 {
+            return Err(invalid(
+                "console.max_sessions",
+                "must be at least 1 (set `enabled = false` to turn the remote console off)",
+            ));
+        }
         Ok(config)
     }
 
     /// The UDP endpoint other nodes should send to.
     pub fn advertised_endpoint(&self) -> SocketAddr {
         self.overlay.advertise.unwrap_or(self.overlay.listen)
+    }
+
+    /// Where the remote console listens, when it is enabled: `[console]
+    /// listen`, else the overlay's listen address on port 7010.
+    pub fn console_listen(&self) -> Option<SocketAddr> {
+        if !self.console.enabled {
+            return None;
+        }
+        Some(
+            self.console
+                .listen
+                .unwrap_or_else(|| SocketAddr::new(self.overlay.listen.ip(), DEFAULT_CONSOLE_PORT)),
+        )
+    }
+
+    /// The console address to register with the authority, given the
+    /// address the listener actually bound (its port may have been 0):
+    /// `[console] advertise`, else the bound address — with the overlay's
+    /// advertised IP in place of an unspecified one (`0.0.0.0`).
+    pub fn console_advertised(&self, bound: SocketAddr) -> SocketAddr {
+        if let Some(a) = self.console.advertise {
+            return a;
+        }
+        if bound.ip().is_unspecified() {
+            SocketAddr::new(self.advertised_endpoint().ip(), bound.port())
+        } else {
+            bound
+        }
     }
 }
 
@@ -259,6 +340,45 @@ kind = "qemu"
         assert_eq!(c.runtime.restart, RestartPolicy::OnFailure);
         assert_eq!(c.runtime.max_restarts, 5);
         assert_eq!(c.advertised_endpoint().port(), 51820);
+        assert_eq!(
+            c.console_listen(),
+            Some("198.18.0.1:7010".parse().unwrap()),
+            "the remote console defaults to the underlay address, port 7010"
+        );
+    }
+
+    #[test]
+    fn the_console_section_moves_or_disables_the_remote_console() {
+        let off = sample() + "\n[console]\nenabled = false\n";
+        let c = NodeConfig::parse(&off, Path::new("n.toml")).unwrap();
+        assert_eq!(c.console_listen(), None);
+
+        let wildcard = sample().replace(
+            "[overlay]\nlisten = \"198.18.0.1:51820\"",
+            "[overlay]\nlisten = \"0.0.0.0:51820\"\nadvertise = \"203.0.113.7:51820\"",
+        ) + "\n[console]\nlisten = \"0.0.0.0:7100\"\nmax_sessions = 2\n";
+        let c = NodeConfig::parse(&wildcard, Path::new("n.toml")).unwrap();
+        let bound = c.console_listen().unwrap();
+        assert_eq!(bound, "0.0.0.0:7100".parse().unwrap());
+        assert_eq!(
+            c.console_advertised(bound),
+            "203.0.113.7:7100".parse().unwrap(),
+            "a wildcard listener is advertised on the overlay's advertised address"
+        );
+        assert_eq!(c.console.max_sessions, 2);
+
+        let explicit = sample() + "\n[console]\nadvertise = \"192.0.2.1:443\"\n";
+        let c = NodeConfig::parse(&explicit, Path::new("n.toml")).unwrap();
+        assert_eq!(
+            c.console_advertised("198.18.0.1:7010".parse().unwrap()),
+            "192.0.2.1:443".parse().unwrap()
+        );
+
+        let none = sample() + "\n[console]\nmax_sessions = 0\n";
+        let err = NodeConfig::parse(&none, Path::new("n.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("console.max_sessions"), "{err}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-use super::{until_set, Node, NodeStatusReport};
+use super::{console_io, until_set, Node, NodeStatusReport};
 
 /// A control request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -208,9 +208,8 @@ pub async fn open_console(path: &Path, sliver: u64) -> Result<BufReader<UnixStre
     Ok(stream)
 }
 
-/// Runs a shell command on a sliver's serial console and returns what it
-/// printed (the guest must have a shell on its console, as the default
-/// appliance does). Output ends at a marker the command echoes last.
+/// Runs a shell command on a sliver's serial console through the node
+/// daemon and returns what it printed (see [`console_io::exec`]).
 pub async fn console_exec(
     path: &Path,
     sliver: u64,
@@ -218,37 +217,25 @@ pub async fn console_exec(
     timeout: Duration,
 ) -> Result<String, ControlError> {
     let mut console = open_console(path, sliver).await?;
-    let nonce: u64 = rand::random();
-    let marker = format!("SLICENET-DONE-{nonce:016x}");
-    // The marker is assembled by the shell, so the echo of the typed line
-    // never contains it verbatim.
-    let line = format!("\n{command}; echo \"SLICENET-DONE-\"'{nonce:016x}'\n");
-    console.get_mut().write_all(line.as_bytes()).await?;
-    let mut output = Vec::new();
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut buf = [0u8; 4096];
-    loop {
-        let text = String::from_utf8_lossy(&output);
-        if let Some(end) = text.find(&marker) {
-            let start = text
-                .find(command)
-                .map(|i| i + command.len())
-                .unwrap_or(0)
-                .min(end);
-            return Ok(text[start..end]
-                .trim_start_matches(|c| c != '\n')
-                .trim()
-                .to_string());
-        }
-        let n = tokio::select! {
-            n = console.read(&mut buf) => n?,
-            _ = tokio::time::sleep_until(deadline) => {
-                return Err(ControlError::Timeout { marker, timeout, output: text.into_owned() });
+    Ok(console_io::exec(&mut console, command, timeout).await?)
+}
+
+impl From<console_io::ExecError> for ControlError {
+    fn from(e: console_io::ExecError) -> Self {
+        match e {
+            console_io::ExecError::Io(e) => ControlError::Io(e),
+            console_io::ExecError::Closed { output } => {
+                ControlError::Protocol(format!("console closed; output so far: {output}"))
             }
-        };
-        if n == 0 {
-            return Err(ControlError::Protocol("console closed".into()));
+            console_io::ExecError::Timeout {
+                marker,
+                timeout,
+                output,
+            } => ControlError::Timeout {
+                marker,
+                timeout,
+                output,
+            },
         }
-        output.extend_from_slice(&buf[..n]);
     }
 }

@@ -4,14 +4,17 @@
 //! authority outages.
 //!
 //! One task per concern, all owned by [`run`]: the ticket long poll, the
-//! heartbeat, membership events, the expiry clock, the control socket and
-//! the per-sliver supervisors. Every change goes through one
+//! heartbeat, membership events, the expiry clock, the control socket, the
+//! remote console port and the per-sliver supervisors. Every change goes through one
 //! [`NodeState::reconcile`], which derives the data plane and the set of
 //! running slivers from the verified tickets alone.
 
 pub mod appliances;
 pub mod cli;
 pub mod config;
+pub mod console_client;
+pub mod console_io;
+pub mod console_server;
 pub mod control;
 pub mod limits;
 pub mod slivers;
@@ -64,6 +67,12 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("console port {addr}: {source} (set `[console] listen` to a free address, or `enabled = false`)")]
+    ConsolePort {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the authority's key {got} differs from the pinned key {pinned} in the configuration; refusing to trust it")]
     AuthorityKeyMismatch { pinned: Ed25519Key, got: Ed25519Key },
 }
@@ -88,6 +97,9 @@ pub struct NodeStatusReport {
     pub limits: String,
     pub tunnel_address: Ipv4Addr,
     pub authority_url: String,
+    /// Where clients attach to sliver consoles (`None`: remote console off).
+    #[serde(default)]
+    pub console: Option<SocketAddr>,
     pub authority_reachable: bool,
     pub authority_error: Option<String>,
     /// Highest ticket epoch the node holds.
@@ -128,6 +140,8 @@ pub struct Node {
     wg_public: [u8; 32],
     authority_key: Ed25519Key,
     tunnel_address: Ipv4Addr,
+    /// The registered console address, when the remote console is on.
+    console: Option<SocketAddr>,
     runtime: RuntimeChoice,
     limits: Limits,
     client: Client,
@@ -239,6 +253,7 @@ impl Node {
             limits: self.limits.describe(),
             tunnel_address: self.tunnel_address,
             authority_url: self.config.authority.url.clone(),
+            console: self.console,
             authority_reachable: state.authority_reachable,
             authority_error: state.authority_error.clone(),
             ticket_epoch: state.book.highest_epoch(),
@@ -260,7 +275,24 @@ impl Node {
             .find(|s| s.sliver_id == sliver_id)
             .map(|s| s.console_socket)
     }
+}
 
+impl console_server::SliverConsoles for Node {
+    async fn find(&self, sliver_id: u64) -> Option<console_server::SliverConsole> {
+        let state = self.state.lock().await;
+        state
+            .supervisor
+            .statuses()
+            .into_iter()
+            .find(|s| s.sliver_id == sliver_id)
+            .map(|s| console_server::SliverConsole {
+                slice: s.slice,
+                socket: s.console_socket,
+            })
+    }
+}
+
+impl Node {
     async fn set_authority(&self, result: Result<(), String>) {
         let mut state = self.state.lock().await;
         match result {
@@ -327,23 +359,14 @@ async fn register(
     client: &Client,
     config: &NodeConfig,
     store: &StateDir,
-    wg_public: [u8; 32],
+    registration: &NodeRegistration,
     pinned: Ed25519Key,
-    capacity: &ReportedCapacity,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<CachedRegistration>, DaemonError> {
-    let registration = NodeRegistration {
-        wg_public_key: Ed25519Key(wg_public),
-        endpoint: Some(config.advertised_endpoint()),
-        tunnel_address: None,
-        software: Some(format!("slicenet {}", env!("CARGO_PKG_VERSION"))),
-        capacity: Some(*capacity),
-        console: None,
-    };
     let cached = store.registration()?;
     let mut delay = Duration::from_millis(250);
     loop {
-        match client.register_node(&config.name, &registration).await {
+        match client.register_node(&config.name, registration).await {
             Ok(reply) => {
                 if reply.authority_key != pinned {
                     return Err(DaemonError::AuthorityKeyMismatch {
@@ -463,6 +486,34 @@ pub async fn run(
             .map(|d| format!(", {d} GiB disk"))
             .unwrap_or_default()
     );
+    // Bound before registering, so the address the authority hands out in
+    // grants is one that already accepts connections.
+    let console_listener = match config.console_listen() {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::ConsolePort { addr, source })?,
+        ),
+        None => None,
+    };
+    let console_addr = match &console_listener {
+        Some(l) => {
+            let bound = l.local_addr().map_err(|source| DaemonError::ConsolePort {
+                addr: config.console_listen().unwrap_or(config.overlay.listen),
+                source,
+            })?;
+            Some(config.console_advertised(bound))
+        }
+        None => None,
+    };
+    eprintln!(
+        "node {}: remote console {}",
+        config.name,
+        match console_addr {
+            Some(a) => format!("on {a} (up to {} sessions)", config.console.max_sessions),
+            None => "off ([console] enabled = false)".to_string(),
+        }
+    );
     let client = Client::new(&config.authority.url, identity.clone());
     eprintln!(
         "node {}: registering with the authority at {}",
@@ -472,9 +523,15 @@ pub async fn run(
         &client,
         &config,
         &store,
-        wg_public,
+        &NodeRegistration {
+            wg_public_key: Ed25519Key(wg_public),
+            endpoint: Some(config.advertised_endpoint()),
+            tunnel_address: None,
+            software: Some(format!("slicenet {}", env!("CARGO_PKG_VERSION"))),
+            capacity: Some(capacity),
+            console: console_addr,
+        },
         pinned,
-        &capacity,
         &mut shutdown,
     )
     .await?
@@ -538,6 +595,7 @@ pub async fn run(
         wg_public,
         authority_key: registration.authority_key,
         tunnel_address: registration.tunnel_address,
+        console: console_addr,
         runtime,
         limits,
         client,
@@ -593,6 +651,21 @@ pub async fn run(
         control_listener,
         shutdown.clone(),
     ));
+    if let Some(listener) = console_listener {
+        let settings = console_server::ConsoleSettings {
+            node_name: node.config.name.clone(),
+            identity: identity.clone(),
+            authority_key: node.authority_key,
+            max_sessions: node.config.console.max_sessions,
+            handshake_timeout: console_server::HANDSHAKE_TIMEOUT,
+        };
+        tasks.spawn(console_server::serve(
+            node.clone(),
+            settings,
+            listener,
+            shutdown.clone(),
+        ));
+    }
     let events_node = node.clone();
     let mut events_shutdown = shutdown.clone();
     tasks.spawn(async move {
