@@ -258,6 +258,18 @@ impl NodeConfig {
                 "needs a fixed port (other nodes must know where to send)",
             ));
         }
+        if let Some(listen) = config.console_listen() {
+            if config.console.advertise.is_none()
+                && listen.ip().is_unspecified()
+                && config.advertised_endpoint().ip().is_unspecified()
+            {
+                return Err(invalid(
+                    "console.advertise",
+                    "the console listens on a wildcard address: set `[console] advertise` (or \
+                     `[overlay] advertise`) to the address clients reach, or `[console] enabled = false`",
+                ));
+            }
+        }
         if config.console.enabled && config.console.max_sessions == 0 {
             return Err(invalid(
                 "console.max_sessions",
@@ -373,6 +385,16 @@ kind = "qemu"
             c.console_advertised("198.18.0.1:7010".parse().unwrap()),
             "192.0.2.1:443".parse().unwrap()
         );
+
+        let nowhere = sample() + "\n[console]\nlisten = \"0.0.0.0:7010\"\n";
+        let nowhere = nowhere.replace(
+            "listen = \"198.18.0.1:51820\"",
+            "listen = \"0.0.0.0:51820\"",
+        );
+        let err = NodeConfig::parse(&nowhere, Path::new("n.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("console.advertise"), "{err}");
 
         let none = sample() + "\n[console]\nmax_sessions = 0\n";
         let err = NodeConfig::parse(&none, Path::new("n.toml"))
