@@ -138,6 +138,17 @@ fn slivers_at_three_sites_form_an_enclave_that_survives_failures_and_revocation(
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(stdout.trim(), "hi-2", "the command's output, and only it");
+    let node_log = &cluster.nodes[cluster.node_index(&slivers[1].node).unwrap()].log_path;
+    let log = std::fs::read_to_string(node_log).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("console session accepted") && l.contains("principal=alice")),
+        "the node logs who attached; {}: {:?}",
+        node_log.display(),
+        log.lines()
+            .filter(|l| l.contains("console"))
+            .collect::<Vec<_>>()
+    );
     let out = console(&mallory);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -228,7 +228,8 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
 /// Runs `slicenet console`.
 pub fn console(args: &ConsoleArgs) -> anyhow::Result<()> {
     let target = args.target()?;
-    runtime()?.block_on(async {
+    let rt = runtime()?;
+    let result = rt.block_on(async {
         match target {
             ConsoleTarget::Local { data_dir, sliver } => {
                 let socket = data_dir.join("control.sock");
@@ -240,7 +241,11 @@ pub fn console(args: &ConsoleArgs) -> anyhow::Result<()> {
                 use_console(args, console, sliver).await
             }
         }
-    })
+    });
+    // A console that closed leaves a stdin read pending on a blocking
+    // thread; do not wait for a keypress to exit.
+    rt.shutdown_background();
+    result
 }
 
 /// Asks the authority for a grant with the principal's key and opens the

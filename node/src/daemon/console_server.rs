@@ -246,7 +246,7 @@ async fn session<C: SliverConsoles>(
     );
     let result = tokio::select! {
         r = tokio::io::copy_bidirectional(&mut stream, &mut console) => r,
-        _ = until_set(&mut shutdown) => Ok((0, 0)),
+        _ = until_set(&mut shutdown) => Err(std::io::Error::other("the node is shutting down")),
     };
     match result {
         Ok((to_vm, from_vm)) => tracing::info!(

@@ -340,3 +340,49 @@ async fn connections_beyond_the_limit_are_refused_as_busy_and_slow_handshakes_ti
     };
     assert_eq!(round_trip(&mut console, "hi").await, "console: hi\n");
 }
+
+#[tokio::test]
+async fn a_node_that_cannot_prove_the_granted_key_is_not_trusted() {
+    let f = Fixture::start(4, HANDSHAKE_TIMEOUT).await;
+    let g = f.grant();
+    let grant_bytes = grant::sign(&g, &f.authority);
+    // An impostor at the console address: accepts anything, signs with its own key.
+    let impostor = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut reply = f.reply(&g);
+    reply.console = impostor.local_addr().unwrap();
+    let fake_node = tokio::spawn(async move {
+        let (mut stream, _) = impostor.accept().await.unwrap();
+        let nc = handshake::challenge();
+        stream.write_all(&handshake::node_hello(&nc)).await.unwrap();
+        let hello = read_frame(&mut stream, &[CLIENT_HELLO]).await.unwrap();
+        let client_challenge: [u8; 32] = hello[hello.len() - 96..hello.len() - 64]
+            .try_into()
+            .unwrap();
+        let client = handshake::VerifiedClient {
+            grant: g,
+            grant_bytes,
+            client_challenge,
+        };
+        let answer = handshake::accept(&keys::generate(), &client, &nc);
+        stream.write_all(&answer).await.unwrap();
+        stream
+    });
+    let err = console_client::open(
+        &reply,
+        &PublicKey::of(&f.authority),
+        &f.alice,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            OpenError::Grant(GrantError::BadPossession {
+                party: grant::Party::Node
+            })
+        ),
+        "{err}"
+    );
+    drop(fake_node.await.unwrap());
+}
