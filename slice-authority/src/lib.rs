@@ -15,6 +15,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod envelope;
 pub mod grant;
 pub mod keys;
 pub mod model;

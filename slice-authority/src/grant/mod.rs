@@ -305,3 +305,19 @@ pub fn fuzz_parse(data: &[u8]) {
 
 #[cfg(test)]
 mod tests;
+
+impl From<crate::envelope::EnvelopeError> for GrantError {
+    fn from(e: crate::envelope::EnvelopeError) -> Self {
+        use crate::envelope::EnvelopeError as E;
+        match e {
+            E::Truncated { len, needed } => GrantError::Truncated { len, needed },
+            E::BadMagic => GrantError::BadMagic,
+            E::UnsupportedVersion(v) => GrantError::UnsupportedVersion(v),
+            E::UnsupportedKind(k) => GrantError::UnsupportedKind(k),
+            E::LengthMismatch { declared, actual } => {
+                GrantError::LengthMismatch { declared, actual }
+            }
+            E::Malformed { field, reason } => GrantError::Malformed { field, reason },
+        }
+    }
+}

@@ -304,6 +304,7 @@ pub async fn revoke(state: &Inner, w: &mut WriteTx, slivers: &[i64]) -> ApiResul
         // This authority wrote and signed it, and the revocation gets a
         // signature of its own: checking the envelope and body is enough.
         let mut ticket = TicketPacket::new_checked(&body[..])
+            .map_err(ticket::TicketError::from)
             .and_then(|packet| ticket::wire::parse_body(packet.body()))
             .map_err(|e| ApiError::internal("re-reading a stored ticket", e))?;
         ticket.status = TicketStatus::Revoked;

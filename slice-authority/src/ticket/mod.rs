@@ -366,3 +366,19 @@ pub fn fuzz_parse(data: &[u8]) {
 
 #[cfg(test)]
 mod tests;
+
+impl From<crate::envelope::EnvelopeError> for TicketError {
+    fn from(e: crate::envelope::EnvelopeError) -> Self {
+        use crate::envelope::EnvelopeError as E;
+        match e {
+            E::Truncated { len, needed } => TicketError::Truncated { len, needed },
+            E::BadMagic => TicketError::BadMagic,
+            E::UnsupportedVersion(v) => TicketError::UnsupportedVersion(v),
+            E::UnsupportedKind(k) => TicketError::UnsupportedKind(k),
+            E::LengthMismatch { declared, actual } => {
+                TicketError::LengthMismatch { declared, actual }
+            }
+            E::Malformed { field, reason } => TicketError::Malformed { field, reason },
+        }
+    }
+}
