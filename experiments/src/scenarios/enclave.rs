@@ -34,10 +34,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use super::appliances::{self, SCANNER, SERVICE};
 use super::guest;
 use super::plot::{self, HeatMap, Marker};
-use super::{
-    drive, ensure_running, unix_now, Outcome, Outputs, Phase, PhaseTimes, ScenarioFailure,
-    Settings, TeardownReport,
-};
+use super::{drive, ensure_running, unix_now, Outcome, Outputs, Phase, ScenarioFailure, Settings};
 use crate::cluster::{Cluster, PlacedSliver};
 use crate::rtt::parse_ping;
 
@@ -1070,23 +1067,7 @@ pub fn write_summary(
     outcome: &Outcome<EnclaveReport>,
     out_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
-    #[derive(Serialize)]
-    struct Summary<'a> {
-        scenario: &'static str,
-        report: &'a EnclaveReport,
-        phases: &'a PhaseTimes,
-        teardown: &'a TeardownReport,
-    }
-    Outputs::create(out_dir)?.json(
-        "enclave.json",
-        &Summary {
-            scenario: "enclave",
-            report: &outcome.result,
-            phases: &outcome.phases,
-            teardown: &outcome.teardown,
-        },
-    )?;
-    Ok(())
+    outcome.write_summary("enclave", out_dir, "enclave.json")
 }
 
 #[cfg(test)]

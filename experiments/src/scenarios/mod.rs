@@ -455,6 +455,30 @@ pub struct Outcome<T> {
     pub teardown: TeardownReport,
 }
 
+impl<T: Serialize> Outcome<T> {
+    /// Writes `file` into `out_dir`: the scenario's name, what it measured,
+    /// its phase times and the teardown check.
+    pub fn write_summary(&self, scenario: &str, out_dir: &Path, file: &str) -> anyhow::Result<()> {
+        #[derive(Serialize)]
+        struct Summary<'a, T> {
+            scenario: &'a str,
+            report: &'a T,
+            phases: &'a PhaseTimes,
+            teardown: &'a TeardownReport,
+        }
+        Outputs::create(out_dir)?.json(
+            file,
+            &Summary {
+                scenario,
+                report: &self.result,
+                phases: &self.phases,
+                teardown: &self.teardown,
+            },
+        )?;
+        Ok(())
+    }
+}
+
 /// A failed run: which phase failed and why, after teardown.
 #[derive(Debug, thiserror::Error)]
 #[error("{scenario}: phase {phase} failed: {error:#}\n{teardown}")]

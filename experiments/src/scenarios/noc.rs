@@ -1221,23 +1221,7 @@ pub fn write_summary(
     outcome: &Outcome<NocReport>,
     out_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
-    #[derive(Serialize)]
-    struct Summary<'a> {
-        scenario: &'static str,
-        report: &'a NocReport,
-        phases: &'a super::PhaseTimes,
-        teardown: &'a super::TeardownReport,
-    }
-    Outputs::create(out_dir)?.json(
-        "noc-summary.json",
-        &Summary {
-            scenario: "noc",
-            report: &outcome.result,
-            phases: &outcome.phases,
-            teardown: &outcome.teardown,
-        },
-    )?;
-    Ok(())
+    outcome.write_summary("noc", out_dir, "noc-summary.json")
 }
 
 #[cfg(test)]
