@@ -167,11 +167,18 @@ fn print_guide(cluster: &Cluster, slivers: &[PlacedSliver], slice: &str, sites: 
         first.data_dir.display(),
         slivers[0].id
     );
-    println!(
-        "  ip netns exec {site1} env SLICENET_AUTHORITY={} SLICENET_KEY={} {exe} slice show {slice}",
+    let as_admin = format!(
+        "ip netns exec {site1} env SLICENET_AUTHORITY={} SLICENET_KEY={} {exe}",
         cluster.authority_url,
         cluster.admin_key_path.display()
     );
+    println!("  {as_admin} slice show {slice}");
+    if let Some(remote) = slivers.last() {
+        println!(
+            "  {as_admin} console {slice} {} --exec 'uname -r'   # from site 1 through the node, with a console grant",
+            remote.id
+        );
+    }
 }
 
 /// Runs the demo.
