@@ -355,6 +355,7 @@ fn run_slicenet(n: usize, shared: bool, detect: bool, limit: Duration) -> anyhow
         totals.suspicions_sent += c.suspicions_sent;
         totals.refutations_sent += c.refutations_sent;
         totals.verdicts_deferred += c.verdicts_deferred;
+        totals.dials_refused += c.dials_refused;
         totals.pulls_sent += c.pulls_sent;
         totals.records_pushed += c.records_pushed;
         totals.records_duplicate += c.records_duplicate;
@@ -363,13 +364,14 @@ fn run_slicenet(n: usize, shared: bool, detect: bool, limit: Duration) -> anyhow
         }
     }
     eprintln!(
-        "  per node: {:.1} connections, {:.1} subjects, {:.1} signature checks, {:.1} pulls, {:.1} records pushed, {:.1} duplicates; {} suspicions, {} refutations, {} deferred verdicts in total; {incomplete} tables incomplete",
+        "  per node: {:.1} connections, {:.1} subjects, {:.1} signature checks, {:.1} pulls, {:.1} records pushed, {:.1} duplicates, {:.1} dials refused; {} suspicions, {} refutations, {} deferred verdicts in total; {incomplete} tables incomplete",
         connections as f64 / n as f64,
         subjects as f64 / n as f64,
         checks as f64 / n as f64,
         totals.pulls_sent as f64 / n as f64,
         totals.records_pushed as f64 / n as f64,
         totals.records_duplicate as f64 / n as f64,
+        totals.dials_refused as f64 / n as f64,
         totals.suspicions_sent,
         totals.refutations_sent,
         totals.verdicts_deferred,

@@ -9,8 +9,10 @@
 //! addresses and find each other through Kademlia and the sync protocol,
 //! which spreads records in batches (pull digests, pushed news); urgent news
 //! and suspicions go over gossipsub. Each node is watched by a few others
-//! chosen on monitoring rings ([`ring`]), so the work per node stays bounded
-//! as the overlay grows, and failures are detected in one to three seconds
+//! chosen on monitoring rings ([`ring`]); a node opens connections only to
+//! the nodes it watches (knowing a node means holding its signed record, not
+//! a connection to it), so the work per node stays bounded as the overlay
+//! grows, and failures are detected in one to three seconds
 //! (see [`Timing`]).
 //!
 //! libp2p stays inside [`net`]-private code: the rest of slicenet sees

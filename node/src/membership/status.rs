@@ -58,6 +58,9 @@ pub struct Counters {
     pub events_dropped: u64,
     /// Timeouts (ping, probe, suspicion, TTL) held back because this node was running late.
     pub verdicts_deferred: u64,
+    /// Dials to peers that are not our monitoring neighbours, refused (Kademlia lookups
+    /// run over existing connections instead of opening new ones).
+    pub dials_refused: u64,
 }
 
 impl Counters {

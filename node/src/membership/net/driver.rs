@@ -8,7 +8,9 @@
 //!
 //! The work per node stays bounded as the overlay grows: a node keeps
 //! connections to the few nodes it watches and that watch it (plus its
-//! gossip mesh), every other connection closes when idle, and records travel
+//! gossip mesh), it dials nobody else (Kademlia's lookups run over the
+//! connections it has, see [`super::keepalive`]), every other connection
+//! closes when idle, and records travel
 //! in batches to the nodes that lack them instead of one message per record
 //! per peer.
 
@@ -34,7 +36,7 @@ use crate::membership::identity::{NodeId, NodeIdentity};
 use crate::membership::message::{GossipMessage, MAX_GOSSIP_LEN};
 use crate::membership::record::{NodeInfo, NodeRecord, RecordError, VerifiedNodeRecord};
 use crate::membership::ring::MonitorRings;
-use crate::membership::status::MembershipStatus;
+use crate::membership::status::{Counters, MembershipStatus};
 use crate::membership::table::{
     Accepted, MemberTable, MembershipEvent, Refusal, SuspicionOutcome, TableConfig,
 };
@@ -52,7 +54,7 @@ const MAX_PENDING_PUBLISH: usize = 64;
 const MAX_ADDRS_PER_PEER: usize = 8;
 /// A connection nobody needs (not to a subject, a watcher or a gossip mesh peer, and
 /// not in use by Kademlia or a sync) closes after this long.
-const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -409,7 +411,10 @@ impl Driver {
             watchers: self.watch.watcher_count(),
             live_members: self.table.live_count(),
             table_entries: self.table.len(),
-            counters: self.table.counters,
+            counters: Counters {
+                dials_refused: self.swarm.behaviour().keep_alive.refused_dials(),
+                ..self.table.counters
+            },
         }
     }
 
@@ -585,11 +590,9 @@ impl Driver {
         }
         if count == 1 {
             let to_bootstrap = dialed_addr.is_some_and(|a| self.bootstrap.contains(&a));
+            // Kademlia bootstraps by itself once its routing table holds a peer (and again
+            // while it holds fewer than 20); its queries run over the connections we have.
             self.on_first_connection(peer, to_bootstrap || back_from_isolation);
-            if self.peers.len() == 1 {
-                // Our first peer: start finding others through the DHT.
-                let _ = self.swarm.behaviour_mut().kademlia.bootstrap();
-            }
         }
     }
 

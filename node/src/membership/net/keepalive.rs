@@ -1,5 +1,6 @@
 //! Keeps the connections to chosen peers open (our monitoring subjects and
-//! watchers) while every other connection closes once idle.
+//! watchers) while every other connection closes once idle, and refuses to
+//! open connections to anyone else.
 //!
 //! libp2p closes a connection when none of its handlers needs it. Ping does not
 //! count, gossipsub only holds its mesh peers, and Kademlia and the sync
@@ -7,6 +8,16 @@
 //! behaviour a node would either keep every connection it ever made (and ping
 //! them all: O(N) work per node at scale) or lose the ones failure detection
 //! depends on.
+//!
+//! The refusal bounds the degree of a node: Kademlia's lookups (its bootstrap
+//! refreshes every bucket, asking 20 peers per lookup) would otherwise dial
+//! almost every node of a small overlay and hundreds of a large one, each
+//! dial a handshake, an identify exchange and a pinged connection. With it,
+//! Kademlia queries run over the connections a node already has (a peer it
+//! cannot reach that way counts as a failed query step), and the only dials
+//! are those of failure detection (to our subjects) and to bootstrap
+//! addresses (which carry no peer id). Inbound connections are not refused
+//! here: [`libp2p::connection_limits`] caps those.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
@@ -23,10 +34,12 @@ use libp2p::swarm::{
 };
 use libp2p::{Multiaddr, PeerId};
 
-/// Holds connections to the peers in its set open.
+/// Holds connections to the peers in its set open and refuses dials to any other peer.
 #[derive(Default)]
 pub struct Behaviour {
     wanted: HashSet<PeerId>,
+    /// Dials to peers outside the set that were refused.
+    refused: u64,
     connections: HashMap<PeerId, HashSet<ConnectionId>>,
     notify: VecDeque<(PeerId, ConnectionId, bool)>,
 }
@@ -43,6 +56,11 @@ impl Behaviour {
             }
         }
         self.wanted = wanted;
+    }
+
+    /// How many dials to peers outside the set were refused so far.
+    pub fn refused_dials(&self) -> u64 {
+        self.refused
     }
 
     fn handler(&mut self, peer: PeerId, connection: ConnectionId) -> Handler {
@@ -65,6 +83,22 @@ impl NetworkBehaviour for Behaviour {
         _: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
         Ok(self.handler(peer, connection))
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: Option<PeerId>,
+        _: &[Multiaddr],
+        _: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        match peer {
+            Some(peer) if !self.wanted.contains(&peer) => {
+                self.refused += 1;
+                Err(ConnectionDenied::new(NotAContact(peer)))
+            }
+            _ => Ok(Vec::new()),
+        }
     }
 
     fn handle_established_outbound_connection(
@@ -109,6 +143,11 @@ impl NetworkBehaviour for Behaviour {
         }
     }
 }
+
+/// Why a dial was refused: the peer is not one we watch or that watches us.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is not a monitoring neighbour: membership does not dial it")]
+pub struct NotAContact(PeerId);
 
 /// A handler that speaks no protocol and only answers "keep this connection?".
 pub struct Handler {

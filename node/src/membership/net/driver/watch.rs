@@ -37,6 +37,11 @@ use crate::membership::table::MembershipEvent;
 
 /// How long after a failed first dial of a subject we try again.
 const SUBJECT_REDIAL: Duration = Duration::from_secs(2);
+/// How long a node must stay our subject before we dial it. While an overlay
+/// converges every new record can change our ring successors; dialing each one
+/// at once would cost a handshake per change, most of them for connections
+/// released moments later.
+const SUBJECT_SETTLE: Duration = Duration::from_millis(500);
 /// First dials of a subject that may fail before we suspect it (it may not be
 /// listening yet, or its record may be ahead of its listener).
 const SUBJECT_DIAL_ATTEMPTS: u32 = 3;
@@ -135,7 +140,7 @@ impl Driver {
                 peer,
                 connected_once: connected,
                 dial_failures: 0,
-                next_dial: now,
+                next_dial: now + SUBJECT_SETTLE,
             });
         }
         let wanted = self
