@@ -16,7 +16,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::appliance::MacAddr;
+use crate::appliance::{ApplianceError, MacAddr};
 use crate::arch::acpi::{build_tables, AcpiError, VirtioMmioSlot};
 use crate::arch::boot::{load_linux, BootError};
 use crate::arch::layout::{virtio_slot, COM1_GSI, MAX_VIRTIO_DEVICES, VIRTIO_MMIO_SIZE};
@@ -147,7 +147,17 @@ pub enum VmmError {
     /// Setting up the event loop failed.
     #[error("event loop setup failed: {0}")]
     EventLoop(io::Error),
+    /// The appliance failed the check that ran while the guest booted; nothing the guest
+    /// did left the VMM.
+    #[error(transparent)]
+    Appliance(#[from] ApplianceError),
 }
+
+/// A check that runs on its own thread while the VM boots (the appliance's part hashes, so
+/// that hashing overlaps VM set-up and the guest's early boot). Until it passes nothing the
+/// guest does leaves the VMM: console output is held, and virtio queues and backends are not
+/// served. If it fails the VM is stopped, the held output discarded, and the error returned.
+pub type StartCheck = Box<dyn FnOnce() -> Result<(), ApplianceError> + Send>;
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> VmmError + 'a {
     move |source| VmmError::Io {
@@ -215,6 +225,7 @@ const T_CONSOLE_LISTEN: u64 = 5;
 const T_CONSOLE_CONN: u64 = 6;
 const T_QUEUE: u64 = 7;
 const T_BACKEND: u64 = 8;
+const T_CHECKED: u64 = 9;
 const MAX_CONNECTIONS: usize = 32;
 
 fn token(kind: u64, a: usize, b: usize) -> u64 {
@@ -264,6 +275,12 @@ struct Runtime {
     exit_evt: EventFd,
     exit_reason: Arc<Mutex<Option<VcpuExitReason>>>,
     signals: File,
+    /// The start check still running, and the eventfd it signals when done.
+    check: Option<(std::thread::JoinHandle<Result<(), ApplianceError>>, EventFd)>,
+    /// Why the start check failed (the VM is then stopped).
+    check_failed: Option<VmmError>,
+    /// Device fds (queue eventfds, backends) and their tokens, served once the check passed.
+    deferred_fds: Vec<(RawFd, u64)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -274,6 +291,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// process started (ready times are measured from it). The caller should exit the process
 /// afterwards: vCPU threads are not joined.
 pub fn run(config: VmConfig, started: Instant) -> Result<VmOutcome, VmmError> {
+    run_checked(config, started, None)
+}
+
+/// [`run`], with a [`StartCheck`] running alongside the boot.
+pub fn run_checked(
+    config: VmConfig,
+    started: Instant,
+    check: Option<StartCheck>,
+) -> Result<VmOutcome, VmmError> {
     check_host()?;
     if !(1..=254).contains(&config.vcpus) {
         return Err(VmmError::Config(format!(
@@ -287,9 +313,32 @@ pub fn run(config: VmConfig, started: Instant) -> Result<VmOutcome, VmmError> {
         )));
     }
     let signals = signal_fd().map_err(VmmError::EventLoop)?;
+    let check = match check {
+        Some(check) => {
+            let done = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventLoop)?;
+            let signal = done.try_clone().map_err(VmmError::EventLoop)?;
+            let thread = std::thread::Builder::new()
+                .name("start-check".into())
+                .spawn(move || {
+                    let result = check();
+                    let _ = signal.write(1);
+                    result
+                })
+                .map_err(VmmError::EventLoop)?;
+            Some((thread, done))
+        }
+        None => None,
+    };
     let mut owned = OwnedPaths(Vec::new());
-    let mut runtime = Runtime::build(config, started, signals, &mut owned)?;
+    let mut runtime = Runtime::build(config, started, signals, check, &mut owned)?;
     let outcome = runtime.serve();
+    // The guest ended before the check did: its verdict still decides.
+    if runtime.check.is_some() {
+        runtime.finish_check();
+    }
+    if let Some(e) = runtime.check_failed.take() {
+        return Err(e);
+    }
     lock(&runtime.serial).flush();
     Ok(outcome)
 }
@@ -299,10 +348,12 @@ impl Runtime {
         config: VmConfig,
         started: Instant,
         signals: File,
+        check: Option<(std::thread::JoinHandle<Result<(), ApplianceError>>, EventFd)>,
         owned: &mut OwnedPaths,
     ) -> Result<Runtime, VmmError> {
         let mem_bytes = u64::from(config.memory_mib) << 20;
         let vm = Vm::new(mem_bytes, true)?;
+        let vm_created = started.elapsed();
         let epoll = Epoll::new().map_err(VmmError::EventLoop)?;
 
         // Serial console.
@@ -317,9 +368,12 @@ impl Runtime {
             None => None,
         };
         let console_clients: ConsoleClients = Arc::default();
-        let output =
+        let mut output =
             ConsoleOutput::new(log, config.serial_stdout, console_clients.clone(), started)
                 .announce_ready();
+        if check.is_some() {
+            output = output.hold();
+        }
         let console_events = output.events();
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventLoop)?;
         vm.register_irqfd(&serial_irq, COM1_GSI)?;
@@ -342,6 +396,7 @@ impl Runtime {
             devices.push(("block", Box::new(device)));
         }
         let mut virtio = Vec::new();
+        let mut device_fds = Vec::new();
         for (index, (kind, device)) in devices.into_iter().enumerate() {
             let (base, gsi) = virtio_slot(index);
             let backend_fd = device.backend_fd();
@@ -352,23 +407,11 @@ impl Runtime {
             for q in 0..transport.queue_count() {
                 let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventLoop)?;
                 vm.register_mmio_ioevent(&evt, base + reg::QUEUE_NOTIFY, q as u32)?;
-                epoll
-                    .ctl(
-                        ControlOperation::Add,
-                        evt.as_raw_fd(),
-                        EpollEvent::new(EventSet::IN, token(T_QUEUE, index, q)),
-                    )
-                    .map_err(VmmError::EventLoop)?;
+                device_fds.push((evt.as_raw_fd(), token(T_QUEUE, index, q)));
                 queue_events.push(evt);
             }
             if let Some(fd) = backend_fd {
-                epoll
-                    .ctl(
-                        ControlOperation::Add,
-                        fd,
-                        EpollEvent::new(EventSet::IN, token(T_BACKEND, index, 0)),
-                    )
-                    .map_err(VmmError::EventLoop)?;
+                device_fds.push((fd, token(T_BACKEND, index, 0)));
             }
             virtio.push(VirtioSlot {
                 kind,
@@ -404,6 +447,7 @@ impl Runtime {
             &config.cmdline,
             tables.rsdp_addr,
         )?;
+        let loaded = started.elapsed();
 
         let bus = Arc::new(Bus::new(
             serial.clone(),
@@ -436,6 +480,19 @@ impl Runtime {
         if let Some(l) = &console_listener {
             add(l.as_raw_fd(), token(T_CONSOLE_LISTEN, 0, 0))?;
         }
+        // Devices are served from the start, or once the start check passed.
+        let deferred_fds = match &check {
+            Some((_, done)) => {
+                add(done.as_raw_fd(), token(T_CHECKED, 0, 0))?;
+                device_fds
+            }
+            None => {
+                for (fd, t) in device_fds {
+                    add(fd, t)?;
+                }
+                Vec::new()
+            }
+        };
 
         let runtime = Runtime {
             config,
@@ -456,8 +513,19 @@ impl Runtime {
             exit_evt,
             exit_reason: Arc::default(),
             signals,
+            check,
+            check_failed: None,
+            deferred_fds,
         };
         runtime.start_vcpus(entry)?;
+        // Where start-up time goes, for people tuning boot time (the guest's own share is in
+        // its console log).
+        eprintln!(
+            "slicenet-vmm: vCPUs running {} ms after start (VM created at {} ms, kernel and initramfs loaded at {} ms)",
+            started.elapsed().as_millis(),
+            vm_created.as_millis(),
+            loaded.as_millis()
+        );
         Ok(runtime)
     }
 
@@ -533,11 +601,49 @@ impl Runtime {
                         self.on_backend(a);
                         None
                     }
+                    T_CHECKED => {
+                        self.finish_check();
+                        self.check_failed.as_ref().map(|_| VmOutcome::Stopped)
+                    }
                     _ => None,
                 };
                 if let Some(outcome) = outcome {
                     return outcome;
                 }
+            }
+        }
+    }
+
+    /// Collects the start check's verdict: on success the held console output goes out and
+    /// the devices are served; on failure the output is discarded and the VM is to stop.
+    fn finish_check(&mut self) {
+        let Some((thread, done)) = self.check.take() else {
+            return;
+        };
+        let result = match thread.join() {
+            Ok(result) => result.map_err(VmmError::Appliance),
+            Err(_) => Err(VmmError::Config(
+                "the appliance check thread panicked".into(),
+            )),
+        };
+        let _ = self.epoll.ctl(
+            ControlOperation::Delete,
+            done.as_raw_fd(),
+            EpollEvent::default(),
+        );
+        match result {
+            Ok(()) => {
+                lock(&self.serial).output_mut().release();
+                for (fd, t) in std::mem::take(&mut self.deferred_fds) {
+                    // Only fails for a closed fd, which the device's own errors report.
+                    let _ =
+                        self.epoll
+                            .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, t));
+                }
+            }
+            Err(e) => {
+                lock(&self.serial).output_mut().discard();
+                self.check_failed = Some(e);
             }
         }
     }

@@ -78,6 +78,17 @@ fn default_appliances_boot_ping_and_end_with_the_right_status_under_nested_kvm()
         "D answered status before its guest was up"
     );
     assert!(has("VM-D-EXIT 12"), "stop ends the VMM with status 12");
+    // E's initramfs was modified: refused with status 4 although its guest had started, the
+    // error names the part, and nothing the guest printed reached the log.
+    assert!(
+        has("VM-E-EXIT 4"),
+        "a hash mismatch ends the VMM with status 4"
+    );
+    assert!(has("VM-E-NAMES-INITRD"), "the error names the initramfs");
+    assert!(
+        has("VM-E-LOG-BYTES 0"),
+        "no console output from an unverified guest"
+    );
     // Nothing left behind: no VMM process, no VMM socket (the relay's own switch sockets
     // belong to the relay).
     assert!(has("VMM-PROCESSES 0"), "all VMM processes exited");
@@ -126,9 +137,16 @@ kill $console 2>/dev/null
 grep -E '^(CONSOLE-42|DISK-READ)' /t/console.out
 kill $relay; wait $relay
 echo "DISK-SECTOR1 $(dd if=/t/disk.img bs=512 skip=1 count=1 2>/dev/null | head -c 7)"
+# A modified initramfs: here KVM works, so the hash check runs while the guest boots; the
+# VMM must still refuse it (status 4) and let none of the guest's console output out.
+mkdir /t/bad && cp /t/app/* /t/bad/ && echo tampered >>/t/bad/initrd.img
+slicenet-vmm run --appliance /t/bad --hostname vm-e --serial-log /t/e.log 2>/t/e.err
+echo "VM-E-EXIT $?"
+echo "VM-E-LOG-BYTES $(wc -c </t/e.log)"
+grep -q 'initrd' /t/e.err && echo VM-E-NAMES-INITRD
 echo "VMM-PROCESSES $(ps | grep -c '[s]licenet-vmm run')"
 echo "LEFT-SOCKETS $(ls /t | grep -E 'vm.sock|api|console$' | tr '\n' ' ')"
 grep -h -E 'packets|SLICENET' /t/a.log
 grep -h '^CPUS' /t/c.log
-for f in a b c d; do echo "--- $f.err"; cat /t/$f.err; done
+for f in a b c d e; do echo "--- $f.err"; cat /t/$f.err; done
 "#;

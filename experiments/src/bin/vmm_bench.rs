@@ -41,6 +41,14 @@ struct Cli {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Extra kernel parameters for both VMMs' guests (diagnosis, e.g. `printk.time=1
+    /// initcall_debug`); the figures then describe that command line, not the appliance's.
+    #[arg(long)]
+    append: Option<String>,
+    /// Print each boot's serial console up to the ready marker on stderr, lines prefixed with
+    /// the runtime and boot number.
+    #[arg(long)]
+    console: bool,
     #[command(subcommand)]
     inner: Option<Inner>,
 }
@@ -61,6 +69,10 @@ enum Inner {
         qemu_data: Option<PathBuf>,
         #[arg(long)]
         work: PathBuf,
+        #[arg(long)]
+        append: Option<String>,
+        #[arg(long)]
+        console: bool,
     },
 }
 
@@ -123,9 +135,24 @@ fn main() -> anyhow::Result<()> {
         qemu,
         qemu_data,
         work,
+        append,
+        console,
     }) = cli.inner
     {
-        let result = measure(&appliance, boots, &vmm, &qemu, qemu_data.as_deref(), &work)?;
+        let options = Options {
+            append,
+            console,
+            console_prefix: "CONSOLE|",
+        };
+        let result = measure(
+            &appliance,
+            boots,
+            &vmm,
+            &qemu,
+            qemu_data.as_deref(),
+            &work,
+            &options,
+        )?;
         println!("RESULT-JSON {}", serde_json::to_string(&result)?);
         return Ok(());
     }
@@ -147,7 +174,20 @@ fn main() -> anyhow::Result<()> {
     let (result, where_) = if cli.direct {
         check_host().context("--direct needs a host whose KVM runs stock kernels")?;
         let work = tempfile::tempdir()?;
-        let result = measure(appliance.dir(), cli.boots, &vmm, &qemu, None, work.path())?;
+        let options = Options {
+            append: cli.append.clone(),
+            console: cli.console,
+            console_prefix: "",
+        };
+        let result = measure(
+            appliance.dir(),
+            cli.boots,
+            &vmm,
+            &qemu,
+            None,
+            work.path(),
+            &options,
+        )?;
         (result, "this host's KVM".to_string())
     } else {
         let mut host = NestedHost::new(&appliance, &cache)?;
@@ -177,11 +217,22 @@ fn main() -> anyhow::Result<()> {
             &appliance.dir().join("appliance.toml"),
             0o644,
         )?;
-        let script = format!(
+        let mut script = format!(
             "vmm_bench measure --appliance /t/app --boots {} --vmm /bin/slicenet-vmm \
-             --qemu /bin/qemu-system-x86_64 --qemu-data /t/qemu-data --work /tmp\n",
+             --qemu /bin/qemu-system-x86_64 --qemu-data /t/qemu-data --work /tmp",
             cli.boots
         );
+        if let Some(append) = &cli.append {
+            // The outer VM's busybox sh reads this line: keep the parameters one quoted word.
+            if append.contains('\'') {
+                bail!("--append must not contain a single quote");
+            }
+            script.push_str(&format!(" --append '{append}'"));
+        }
+        if cli.console {
+            script.push_str(" --console");
+        }
+        script.push('\n');
         eprintln!(
             "vmm_bench: {} boots per runtime inside the nested host (QEMU TCG -cpu max + kvm-amd); this takes minutes",
             cli.boots
@@ -195,6 +246,14 @@ fn main() -> anyhow::Result<()> {
             .lines()
             .find_map(|l| l.strip_prefix("RESULT-JSON "))
             .with_context(|| format!("the nested run printed no result:\n{}", run.output))?;
+        if cli.console {
+            for line in run.output.lines() {
+                match line.strip_prefix("CONSOLE|") {
+                    Some(line) => eprintln!("{line}"),
+                    None => eprintln!("nested host| {line}"),
+                }
+            }
+        }
         (
             serde_json::from_str(line)?,
             "the nested host (QEMU TCG -cpu max + kvm-amd): compare ratios only".to_string(),
@@ -265,6 +324,16 @@ fn report(result: &[Series], where_: &str, json: bool) {
     );
 }
 
+/// How `measure` runs and what it shows.
+struct Options {
+    /// Extra kernel parameters for both runtimes.
+    append: Option<String>,
+    /// Print each boot's console output.
+    console: bool,
+    /// Prefix of those lines (the outer run picks them out of the nested host's console).
+    console_prefix: &'static str,
+}
+
 /// Boots each runtime `boots` times and returns the samples.
 fn measure(
     appliance_dir: &Path,
@@ -273,11 +342,16 @@ fn measure(
     qemu: &Path,
     qemu_data: Option<&Path>,
     work: &Path,
+    options: &Options,
 ) -> anyhow::Result<Vec<Series>> {
     let appliance = Appliance::load(appliance_dir)?;
     let m = appliance.manifest();
     let mac = derive_mac("vmm-bench", 0);
-    let guest_params = format!("slicenet.net={mac},198.19.9.1/24 slicenet.hostname=bench");
+    let mut guest_params = format!("slicenet.net={mac},198.19.9.1/24 slicenet.hostname=bench");
+    if let Some(append) = &options.append {
+        guest_params.push(' ');
+        guest_params.push_str(append);
+    }
     let vm_sock = work.join("bench.vm.sock");
     let switch_sock = work.join("bench.switch.sock");
     let mut series = vec![
@@ -310,6 +384,9 @@ fn measure(
                         switch_sock.display()
                     ))
                     .arg("--serial-stdout");
+                if let Some(append) = &options.append {
+                    c.arg("--append").arg(append);
+                }
                 if i == 1 {
                     c.arg("--no-verify");
                 }
@@ -356,8 +433,29 @@ fn measure(
                 c
             };
             let _ = std::fs::remove_file(&vm_sock);
-            let sample = boot_once(&mut command, m.memory_mib, Duration::from_secs(240))
-                .with_context(|| format!("{} boot {}", s.runtime, boot + 1))?;
+            let (sample, console) = boot_once(
+                &mut command,
+                m.memory_mib,
+                Duration::from_secs(240),
+                // Wait for a diagnostic command's output only when there is one.
+                options.console
+                    && options
+                        .append
+                        .as_deref()
+                        .is_some_and(|a| a.contains("slicenet.run=")),
+                options.console,
+            )
+            .with_context(|| format!("{} boot {}", s.runtime, boot + 1))?;
+            if options.console {
+                for line in console {
+                    println!(
+                        "{}{} #{}| {line}",
+                        options.console_prefix,
+                        s.runtime,
+                        boot + 1
+                    );
+                }
+            }
             eprintln!(
                 "vmm_bench: {} boot {}: ready after {:.0} ms, RSS {} KiB (guest {} KiB)",
                 s.runtime,
@@ -373,24 +471,61 @@ fn measure(
 }
 
 /// Starts the VMM, waits for the ready marker on its stdout (the serial console), samples
-/// its memory, then stops it.
-fn boot_once(command: &mut Command, memory_mib: u32, timeout: Duration) -> anyhow::Result<Sample> {
+/// its memory, then stops it. Also returns the console lines: up to the marker, and with
+/// `keep_console` up to the end of a `slicenet.run=` command (waiting for it up to 60 s),
+/// and with `capture_stderr` the VMM's own messages.
+fn boot_once(
+    command: &mut Command,
+    memory_mib: u32,
+    timeout: Duration,
+    keep_console: bool,
+    capture_stderr: bool,
+) -> anyhow::Result<(Sample, Vec<String>)> {
     let started = Instant::now();
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(if capture_stderr {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .spawn()?;
     let stdout = child.stdout.take().expect("piped");
+    // The VMM's own diagnostics (e.g. slicenet-vmm's start-up timeline) join the console.
+    let stderr = child.stderr.take().map(|e| {
+        std::thread::spawn(move || {
+            BufReader::new(e)
+                .lines()
+                .map_while(Result::ok)
+                .map(|l| format!("stderr: {l}"))
+                .collect::<Vec<String>>()
+        })
+    });
     let (tx, rx) = std::sync::mpsc::channel();
+    let (rest_tx, rest_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
+        let mut console = Vec::new();
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
             let Ok(line) = line else { break };
-            if line.contains(slicenet_vmm::appliance::READY_MARKER) {
+            let ready = line.contains(slicenet_vmm::appliance::READY_MARKER);
+            console.push(line);
+            if ready {
                 let _ = tx.send(Instant::now());
                 break;
             }
         }
+        // The rest: what a `slicenet.run=` command given with --append prints (e.g. dmesg).
+        for line in lines {
+            let Ok(line) = line else { break };
+            let done = line.starts_with("SLICENET-RUN-EXIT");
+            console.push(line);
+            if done {
+                break;
+            }
+        }
+        let _ = rest_tx.send(console);
     });
     let ready = match rx.recv_timeout(timeout) {
         Ok(at) => at,
@@ -401,12 +536,28 @@ fn boot_once(command: &mut Command, memory_mib: u32, timeout: Duration) -> anyho
     };
     let ready_ms = ready.duration_since(started).as_secs_f64() * 1000.0;
     let (rss_kib, guest_rss_kib) = memory_of(child.id(), u64::from(memory_mib) * 1024)?;
+    // With `keep_console`, give a diagnostic `slicenet.run=` command time to finish printing.
+    let mut console = if keep_console {
+        rest_rx.recv_timeout(Duration::from_secs(60)).ok()
+    } else {
+        None
+    };
     stop(&mut child);
-    Ok(Sample {
-        ready_ms,
-        rss_kib,
-        guest_rss_kib,
-    })
+    if console.is_none() {
+        console = rest_rx.recv_timeout(Duration::from_secs(5)).ok();
+    }
+    let mut console = console.unwrap_or_default();
+    if let Some(stderr) = stderr {
+        console.extend(stderr.join().unwrap_or_default());
+    }
+    Ok((
+        Sample {
+            ready_ms,
+            rss_kib,
+            guest_rss_kib,
+        },
+        console,
+    ))
 }
 
 fn stop(child: &mut Child) {

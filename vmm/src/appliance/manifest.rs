@@ -288,6 +288,26 @@ impl Appliance {
         })
     }
 
+    /// Checks that every part exists and is readable, without hashing (the quick part of
+    /// [`Appliance::verify`], for callers that hash later).
+    pub fn check_parts_present(&self) -> Result<(), ApplianceError> {
+        for (part, spec) in self.parts() {
+            let path = self.dir.join(&spec.path);
+            File::open(&path).map_err(|source| match source.kind() {
+                ErrorKind::NotFound => ApplianceError::PartMissing {
+                    part,
+                    path: path.clone(),
+                },
+                _ => ApplianceError::PartUnreadable {
+                    part,
+                    path: path.clone(),
+                    source,
+                },
+            })?;
+        }
+        Ok(())
+    }
+
     /// Hashes every part and compares it with the manifest.
     pub fn verify(&self) -> Result<(), ApplianceError> {
         for (part, spec) in self.parts() {

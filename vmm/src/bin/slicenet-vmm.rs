@@ -149,7 +149,12 @@ fn main() -> ExitCode {
                     Some(runtime::VmmError::Host(_))
                 ) {
                 3
-            } else if e.downcast_ref::<ApplianceError>().is_some() {
+            } else if e.downcast_ref::<ApplianceError>().is_some()
+                || matches!(
+                    e.downcast_ref::<runtime::VmmError>(),
+                    Some(runtime::VmmError::Appliance(_))
+                )
+            {
                 4
             } else {
                 1
@@ -216,9 +221,20 @@ fn parse_net(spec: &str) -> anyhow::Result<NetSpec> {
 }
 
 fn run(args: RunArgs, started: Instant) -> anyhow::Result<i32> {
-    // The appliance is checked first so that a corrupt one is reported as such on any host.
+    // A corrupt appliance is reported as such on any host: where the VM cannot start anyway
+    // the parts are hashed before anything else. Where it can, hashing runs alongside the
+    // boot (runtime::StartCheck: nothing the guest does leaves the VMM until it passes), so
+    // it no longer delays the guest; missing parts are still refused up front.
+    let mut start_check: Option<runtime::StartCheck> = None;
     let appliance = match &args.appliance {
         Some(dir) if args.no_verify => Some(Appliance::load_unverified(dir)?),
+        Some(dir) if check_host().is_ok() => {
+            let appliance = Appliance::load_unverified(dir)?;
+            appliance.check_parts_present()?;
+            let to_verify = appliance.clone();
+            start_check = Some(Box::new(move || to_verify.verify()));
+            Some(appliance)
+        }
         Some(dir) => Some(Appliance::load(dir)?),
         None => None,
     };
@@ -313,7 +329,7 @@ fn run(args: RunArgs, started: Instant) -> anyhow::Result<i32> {
         console_sock: args.console_sock,
         api_sock: args.api_sock,
     };
-    let outcome = runtime::run(config, started)?;
+    let outcome = runtime::run_checked(config, started, start_check)?;
     let code = outcome.exit_code();
     eprintln!(
         "slicenet-vmm: {} after {} ms (exit status {code})",

@@ -51,6 +51,9 @@ pub type ConsoleClients = Arc<Mutex<Vec<UnixStream>>>;
 
 const LINE_CAP: usize = 512;
 const LOG_FLUSH_BYTES: usize = 4096;
+/// Output held back while the appliance is still being verified (far more than a kernel
+/// prints while booting; beyond it the oldest output is kept and the rest dropped).
+const MAX_HELD_BYTES: usize = 1 << 20;
 
 /// Where UART output goes.
 pub struct ConsoleOutput {
@@ -62,6 +65,8 @@ pub struct ConsoleOutput {
     line: Vec<u8>,
     clients: ConsoleClients,
     events: Arc<ConsoleEvents>,
+    /// While `Some`, output is only collected here (see [`ConsoleOutput::hold`]).
+    held: Option<Vec<u8>>,
 }
 
 impl ConsoleOutput {
@@ -82,7 +87,29 @@ impl ConsoleOutput {
             line: Vec::new(),
             clients,
             events: Arc::new(ConsoleEvents::default()),
+            held: None,
         }
+    }
+
+    /// Holds all output back (nothing reaches the log, stdout or clients, and nothing is
+    /// scanned) until [`ConsoleOutput::release`]: the guest may start while its appliance is
+    /// still being verified, but nothing it says leaves the VMM before the check passes.
+    pub fn hold(mut self) -> ConsoleOutput {
+        self.held = Some(Vec::new());
+        self
+    }
+
+    /// Ends a [`ConsoleOutput::hold`]: the held output goes out (and is scanned) now.
+    pub fn release(&mut self) {
+        if let Some(held) = self.held.take() {
+            let _ = self.write(&held);
+        }
+    }
+
+    /// Ends a [`ConsoleOutput::hold`] by discarding what was held (the check failed).
+    pub fn discard(&mut self) {
+        self.held = None;
+        self.pending.clear();
     }
 
     /// Also print a line on stderr when the guest becomes ready (for people and benchmarks).
@@ -145,6 +172,11 @@ impl ConsoleOutput {
 
 impl Write for ConsoleOutput {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(held) = &mut self.held {
+            let room = MAX_HELD_BYTES.saturating_sub(held.len());
+            held.extend_from_slice(&buf[..buf.len().min(room)]);
+            return Ok(buf.len());
+        }
         for &b in buf {
             self.scan(b);
         }
@@ -163,6 +195,9 @@ impl Write for ConsoleOutput {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        if self.held.is_some() {
+            return Ok(());
+        }
         self.flush_pending();
         Ok(())
     }
@@ -256,6 +291,11 @@ impl SerialDevice {
         self.pending.extend(&input[..take]);
         self.feed();
         take
+    }
+
+    /// The console output (to hold, release or discard it).
+    pub fn output_mut(&mut self) -> &mut ConsoleOutput {
+        self.uart.writer_mut()
     }
 
     /// Flushes buffered output to the log.
@@ -356,6 +396,51 @@ mod tests {
             dev.write(THR, *b);
         }
         assert!(events.panicked());
+    }
+
+    #[test]
+    fn held_output_leaves_only_when_released_and_never_when_discarded() {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let output = ConsoleOutput::new(
+            Some(log.reopen().unwrap()),
+            false,
+            Default::default(),
+            Instant::now(),
+        )
+        .hold();
+        let events = output.events();
+        let mut dev = SerialDevice::new(EventFd::new(libc::EFD_NONBLOCK).unwrap(), output);
+        for b in b"SLICENET-READY early\n" {
+            dev.write(THR, *b);
+        }
+        dev.flush();
+        assert_eq!(std::fs::read_to_string(log.path()).unwrap(), "");
+        assert!(events.ready().is_none(), "held output is not scanned yet");
+        dev.output_mut().release();
+        for b in b"after\n" {
+            dev.write(THR, *b);
+        }
+        assert_eq!(
+            std::fs::read_to_string(log.path()).unwrap(),
+            "SLICENET-READY early\nafter\n"
+        );
+        assert_eq!(events.ready().unwrap().0, "early");
+
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let output = ConsoleOutput::new(
+            Some(log.reopen().unwrap()),
+            false,
+            Default::default(),
+            Instant::now(),
+        )
+        .hold();
+        let mut dev = SerialDevice::new(EventFd::new(libc::EFD_NONBLOCK).unwrap(), output);
+        for b in b"from a kernel that failed its check\n" {
+            dev.write(THR, *b);
+        }
+        dev.output_mut().discard();
+        dev.flush();
+        assert_eq!(std::fs::read_to_string(log.path()).unwrap(), "");
     }
 
     #[test]
