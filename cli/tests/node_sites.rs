@@ -10,23 +10,8 @@ use std::time::{Duration, Instant};
 use slicenet_authority::api::MemberChange;
 use slicenet_experiments::catalog;
 use slicenet_experiments::cluster::{default_appliance, Cluster, ClusterOptions, PlacedSliver};
+use slicenet_experiments::scenarios::require_qemu;
 use slicenet_testbed::require_privileged;
-
-fn qemu_available(test: &str) -> bool {
-    let ok = std::process::Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        let reason = "needs qemu-system-x86_64 (scripts/setup.sh installs it)";
-        if std::env::var("SLICENET_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-            panic!("{test}: SLICENET_REQUIRE_PRIVILEGED=1 but this test {reason}");
-        }
-        println!("SKIPPED: {test}: {reason}");
-    }
-    ok
-}
 
 fn progress(line: &str) {
     eprintln!(
@@ -56,7 +41,7 @@ fn guest_ping(cluster: &Cluster, from: &PlacedSliver, to: &PlacedSliver, count: 
 #[test]
 fn slivers_at_three_sites_form_an_enclave_that_survives_failures_and_revocation() {
     let name = "slivers_at_three_sites_form_an_enclave_that_survives_failures_and_revocation";
-    if !require_privileged(name) || !qemu_available(name) {
+    if !require_privileged(name) || !require_qemu(name) {
         return;
     }
     let (appliance_dir, appliance) =

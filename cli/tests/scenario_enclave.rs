@@ -3,9 +3,8 @@
 //! the service's open ports, removing a member cuts it off within a
 //! second, and the audit log says who did what.
 
-use std::path::PathBuf;
+use std::path::Path;
 
-use slicenet_experiments::catalog;
 use slicenet_experiments::scenarios::enclave::{self, EnclaveConfig};
 use slicenet_experiments::scenarios::{require_qemu, Settings};
 use slicenet_testbed::require_privileged;
@@ -17,14 +16,8 @@ fn enclave_is_isolated_scanned_revoked_and_audited() {
         return;
     }
     let out = tempfile::tempdir().unwrap();
-    let settings = Settings {
-        sites: catalog::sites(3).unwrap().to_vec(),
-        delay_scale: 0.2,
-        quick: true,
-        out_dir: out.path().to_path_buf(),
-        slicenet_bin: PathBuf::from(env!("CARGO_BIN_EXE_slicenet")),
-        keep_work_dir: false,
-    };
+    let settings =
+        Settings::quick(3, out.path(), Path::new(env!("CARGO_BIN_EXE_slicenet"))).unwrap();
     let config = EnclaveConfig::new(settings);
     let outcome = enclave::run(&config).unwrap_or_else(|failure| panic!("{failure}"));
     enclave::write_summary(&outcome, out.path()).unwrap();

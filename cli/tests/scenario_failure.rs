@@ -2,10 +2,9 @@
 //! failed and leaves nothing behind: no namespaces, no daemons or VMs, no
 //! working directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use slicenet_experiments::catalog;
 use slicenet_experiments::cluster::{default_appliance, request_cancel};
 use slicenet_experiments::scenarios::{drive, require_qemu, Phase, Settings};
 use slicenet_testbed::require_privileged;
@@ -16,14 +15,12 @@ fn an_interrupted_boot_tears_down_everything_it_built() {
     if !require_privileged(name) || !require_qemu(name) {
         return;
     }
-    let settings = Settings {
-        sites: catalog::sites(2).unwrap().to_vec(),
-        delay_scale: 0.2,
-        quick: true,
-        out_dir: PathBuf::from("unused"),
-        slicenet_bin: PathBuf::from(env!("CARGO_BIN_EXE_slicenet")),
-        keep_work_dir: false,
-    };
+    let settings = Settings::quick(
+        2,
+        Path::new("unused"),
+        Path::new(env!("CARGO_BIN_EXE_slicenet")),
+    )
+    .unwrap();
     let mut work_dir = PathBuf::new();
     let mut bed_prefix = String::new();
     let failure = drive(

@@ -2,9 +2,8 @@
 //! a service and each other; the ams–nrt link is degraded and the summary
 //! must name that link and nrt as the site whose users suffer.
 
-use std::path::PathBuf;
+use std::path::Path;
 
-use slicenet_experiments::catalog;
 use slicenet_experiments::scenarios::noc::{self, Check, NocConfig, Period, ProbeRecord};
 use slicenet_experiments::scenarios::{require_qemu, Settings};
 use slicenet_testbed::require_privileged;
@@ -16,14 +15,8 @@ fn noc_probes_find_the_degraded_link_and_the_site_behind_it() {
         return;
     }
     let out = tempfile::tempdir().unwrap();
-    let settings = Settings {
-        sites: catalog::sites(3).unwrap().to_vec(),
-        delay_scale: 0.2,
-        quick: true,
-        out_dir: out.path().to_path_buf(),
-        slicenet_bin: PathBuf::from(env!("CARGO_BIN_EXE_slicenet")),
-        keep_work_dir: false,
-    };
+    let settings =
+        Settings::quick(3, out.path(), Path::new(env!("CARGO_BIN_EXE_slicenet"))).unwrap();
     let config = NocConfig::new(settings);
     assert_eq!(
         (config.fault.a.as_str(), config.fault.b.as_str()),

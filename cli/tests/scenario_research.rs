@@ -2,7 +2,7 @@
 //! region, a ping matrix and iperf3 inside their enclave, results saved
 //! with the slice description for a repeat, lease renewal and expiry.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use slicenet_experiments::catalog;
 use slicenet_experiments::scenarios::research::{self, ResearchConfig};
@@ -16,14 +16,8 @@ fn research_slice_is_placed_by_region_measured_saved_and_expires() {
         return;
     }
     let out = tempfile::tempdir().unwrap();
-    let settings = Settings {
-        sites: catalog::sites(3).unwrap().to_vec(),
-        delay_scale: 0.2,
-        quick: true,
-        out_dir: out.path().to_path_buf(),
-        slicenet_bin: PathBuf::from(env!("CARGO_BIN_EXE_slicenet")),
-        keep_work_dir: false,
-    };
+    let settings =
+        Settings::quick(3, out.path(), Path::new(env!("CARGO_BIN_EXE_slicenet"))).unwrap();
     let config = ResearchConfig::new(settings.clone());
     let outcome = research::run(&config).unwrap_or_else(|failure| panic!("{failure}"));
     let saved = research::write_results(&outcome, &config).unwrap();

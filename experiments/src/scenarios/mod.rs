@@ -90,6 +90,19 @@ impl Settings {
         })
     }
 
+    /// The short run CI does (`--quick`, WAN delays scaled by 0.2) over
+    /// the first `sites` sites, writing into `out_dir`.
+    pub fn quick(sites: usize, out_dir: &Path, slicenet_bin: &Path) -> anyhow::Result<Settings> {
+        Ok(Settings {
+            sites: catalog::sites(sites)?.to_vec(),
+            delay_scale: 0.2,
+            quick: true,
+            out_dir: out_dir.to_path_buf(),
+            slicenet_bin: slicenet_bin.to_path_buf(),
+            keep_work_dir: false,
+        })
+    }
+
     /// The site named `name`, 1-based index and info.
     pub fn site(&self, name: &str) -> anyhow::Result<(usize, &SiteInfo)> {
         self.sites
