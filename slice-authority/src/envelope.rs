@@ -333,3 +333,49 @@ impl<'a> BodyReader<'a> {
         Ok(self.u16()? as usize)
     }
 }
+
+/// For parser tests: feeds `check` `rounds` hostile inputs of format `F`.
+/// Each starts as one of the `valid` documents (with probability
+/// `valid_share`) or as random bytes of up to `max_random_len` under a
+/// plausible header, then gets up to three random bytes and, sometimes, a
+/// random cut.
+#[cfg(test)]
+pub(crate) fn hostile_inputs<F: DocumentFormat>(
+    seed: u64,
+    valid: &[Vec<u8>],
+    valid_share: f64,
+    max_random_len: usize,
+    rounds: usize,
+    mut check: impl FnMut(&[u8]),
+) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for _ in 0..rounds {
+        let mut data = if rng.random_bool(valid_share) {
+            valid[rng.random_range(0..valid.len())].clone()
+        } else {
+            let len = rng.random_range(0..max_random_len);
+            let mut d: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            if d.len() >= HEADER_LEN {
+                d[field::MAGIC].copy_from_slice(&F::MAGIC);
+                d[field::VERSION] = F::VERSION;
+                d[field::KIND] = F::KIND;
+                d[field::RESERVED].copy_from_slice(&[0, 0]);
+                let body = d.len().saturating_sub(HEADER_LEN + SIGNATURE_LEN) as u32;
+                d[field::BODY_LEN].copy_from_slice(&body.to_be_bytes());
+            }
+            d
+        };
+        for _ in 0..rng.random_range(0..4) {
+            if !data.is_empty() {
+                let i = rng.random_range(0..data.len());
+                data[i] = rng.random();
+            }
+        }
+        if rng.random_bool(0.1) && !data.is_empty() {
+            let cut = rng.random_range(0..data.len());
+            data.truncate(cut);
+        }
+        check(&data);
+    }
+}

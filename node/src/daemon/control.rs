@@ -36,6 +36,26 @@ pub struct Reply {
     pub status: Option<Box<NodeStatusReport>>,
 }
 
+impl Reply {
+    /// Success, with the node's status when asked for.
+    fn ok(status: Option<NodeStatusReport>) -> Reply {
+        Reply {
+            ok: true,
+            error: None,
+            status: status.map(Box::new),
+        }
+    }
+
+    /// A refusal saying why.
+    fn error(error: String) -> Reply {
+        Reply {
+            ok: false,
+            error: Some(error),
+            status: None,
+        }
+    }
+}
+
 /// Errors talking to a node daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -100,67 +120,27 @@ async fn handle(node: Arc<Node>, mut stream: UnixStream) -> std::io::Result<()> 
         Ok(r) => r,
         Err(e) => {
             let error = format!("bad request: {e}; send {{\"op\":\"status\"}} or {{\"op\":\"console\",\"sliver\":N}}");
-            return write_reply(
-                &mut stream,
-                &Reply {
-                    ok: false,
-                    error: Some(error),
-                    status: None,
-                },
-            )
-            .await;
+            return write_reply(&mut stream, &Reply::error(error)).await;
         }
     };
     match request {
         Request::Status => {
             let status = node.status().await;
-            write_reply(
-                &mut stream,
-                &Reply {
-                    ok: true,
-                    error: None,
-                    status: Some(Box::new(status)),
-                },
-            )
-            .await
+            write_reply(&mut stream, &Reply::ok(Some(status))).await
         }
         Request::Console { sliver } => {
             let Some(path) = node.console_socket(sliver).await else {
                 let error = format!("sliver {sliver} does not run on this node");
-                return write_reply(
-                    &mut stream,
-                    &Reply {
-                        ok: false,
-                        error: Some(error),
-                        status: None,
-                    },
-                )
-                .await;
+                return write_reply(&mut stream, &Reply::error(error)).await;
             };
             let mut console = match UnixStream::connect(&path).await {
                 Ok(c) => c,
                 Err(e) => {
                     let error = format!("sliver {sliver}'s console is not available yet: {e}");
-                    return write_reply(
-                        &mut stream,
-                        &Reply {
-                            ok: false,
-                            error: Some(error),
-                            status: None,
-                        },
-                    )
-                    .await;
+                    return write_reply(&mut stream, &Reply::error(error)).await;
                 }
             };
-            write_reply(
-                &mut stream,
-                &Reply {
-                    ok: true,
-                    error: None,
-                    status: None,
-                },
-            )
-            .await?;
+            write_reply(&mut stream, &Reply::ok(None)).await?;
             tokio::io::copy_bidirectional(&mut stream, &mut console)
                 .await
                 .map(|_| ())

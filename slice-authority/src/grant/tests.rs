@@ -386,8 +386,6 @@ fn oversized_and_malformed_handshake_frames_get_typed_errors() {
 
 #[test]
 fn fuzz_body_survives_random_and_mutated_inputs() {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0xc0de);
     let s = session();
     let nc = [5; 32];
     let hello = handshake::client_hello(&s.alice, &s.bytes, &nc).bytes;
@@ -396,31 +394,9 @@ fn fuzz_body_survives_random_and_mutated_inputs() {
     for v in &valid {
         fuzz_parse(v);
     }
-    for _ in 0..20_000 {
-        let mut data = if rng.random_bool(0.6) {
-            valid[rng.random_range(0..valid.len())].clone()
-        } else {
-            let len = rng.random_range(0..300);
-            let mut d: Vec<u8> = (0..len).map(|_| rng.random()).collect();
-            if d.len() >= 12 {
-                d[..8].copy_from_slice(&[b'S', b'N', b'C', b'G', 1, 1, 0, 0]);
-                let body = (d.len().saturating_sub(76)) as u32;
-                d[8..12].copy_from_slice(&body.to_be_bytes());
-            }
-            d
-        };
-        for _ in 0..rng.random_range(0..4) {
-            if !data.is_empty() {
-                let i = rng.random_range(0..data.len());
-                data[i] = rng.random();
-            }
-        }
-        if rng.random_bool(0.1) && !data.is_empty() {
-            let cut = rng.random_range(0..data.len());
-            data.truncate(cut);
-        }
-        fuzz_parse(&data);
-    }
+    crate::envelope::hostile_inputs::<wire::GrantFormat>(
+        0xc0de, &valid, 0.6, 300, 20_000, fuzz_parse,
+    );
     let packet = GrantPacket::new_checked(&s.bytes[..]).unwrap();
     for cut in 0..packet.body().len() {
         assert!(wire::parse_body(&packet.body()[..cut]).is_err());

@@ -248,36 +248,17 @@ fn book_expires_active_tickets_at_lease_end() {
 
 #[test]
 fn fuzz_body_survives_random_and_mutated_inputs() {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     let key = keys::generate();
     let valid = sign(&with_enclave(), &key);
     fuzz_parse(&valid);
-    for _ in 0..20_000 {
-        let mut data = if rng.random_bool(0.5) {
-            valid.clone()
-        } else {
-            let len = rng.random_range(0..400);
-            let mut d: Vec<u8> = (0..len).map(|_| rng.random()).collect();
-            if d.len() >= 12 {
-                d[..8].copy_from_slice(&[b'S', b'N', b'T', b'K', 1, 1, 0, 0]);
-                let body = (d.len().saturating_sub(76)) as u32;
-                d[8..12].copy_from_slice(&body.to_be_bytes());
-            }
-            d
-        };
-        for _ in 0..rng.random_range(0..4) {
-            if !data.is_empty() {
-                let i = rng.random_range(0..data.len());
-                data[i] = rng.random();
-            }
-        }
-        if rng.random_bool(0.1) && !data.is_empty() {
-            let cut = rng.random_range(0..data.len());
-            data.truncate(cut);
-        }
-        fuzz_parse(&data);
-    }
+    crate::envelope::hostile_inputs::<wire::TicketFormat>(
+        0x5eed,
+        std::slice::from_ref(&valid),
+        0.5,
+        400,
+        20_000,
+        fuzz_parse,
+    );
     // Bodies cut at every length exercise every "ends early" path.
     let packet = TicketPacket::new_checked(&valid[..]).unwrap();
     for cut in 0..packet.body().len() {
