@@ -18,7 +18,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::appliance::{ApplianceError, MacAddr};
 use crate::arch::acpi::{build_tables, AcpiError, VirtioMmioSlot};
-use crate::arch::boot::{load_linux, BootError};
+use crate::arch::boot::{load_linux, load_pvh, BootError, BootProtocol};
 use crate::arch::layout::{virtio_slot, COM1_GSI, MAX_VIRTIO_DEVICES, VIRTIO_MMIO_SIZE};
 use crate::arch::regs::RegsError;
 use crate::bus::Bus;
@@ -63,6 +63,9 @@ pub struct DiskConfig {
 pub struct VmConfig {
     /// bzImage.
     pub kernel: PathBuf,
+    /// The same kernel as an uncompressed vmlinux ELF: when given and it has a PVH entry
+    /// point, it is booted through PVH (no in-guest decompression) instead of the bzImage.
+    pub vmlinux: Option<PathBuf>,
     /// Initramfs.
     pub initrd: Option<PathBuf>,
     /// Complete kernel command line.
@@ -330,7 +333,20 @@ pub fn run_checked(
         None => None,
     };
     let mut owned = OwnedPaths(Vec::new());
-    let mut runtime = Runtime::build(config, started, signals, check, &mut owned)?;
+    let mut check = check;
+    let mut runtime = match Runtime::build(config, started, signals, &mut check, &mut owned) {
+        Ok(runtime) => runtime,
+        // A part that cannot be loaded may be a corrupt one: then the check's verdict, which
+        // names the part, is the error to report.
+        Err(e) => {
+            if let Some((thread, _)) = check {
+                if let Ok(Err(appliance)) = thread.join() {
+                    return Err(VmmError::Appliance(appliance));
+                }
+            }
+            return Err(e);
+        }
+    };
     let outcome = runtime.serve();
     // The guest ended before the check did: its verdict still decides.
     if runtime.check.is_some() {
@@ -348,7 +364,7 @@ impl Runtime {
         config: VmConfig,
         started: Instant,
         signals: File,
-        check: Option<(std::thread::JoinHandle<Result<(), ApplianceError>>, EventFd)>,
+        check: &mut Option<(std::thread::JoinHandle<Result<(), ApplianceError>>, EventFd)>,
         owned: &mut OwnedPaths,
     ) -> Result<Runtime, VmmError> {
         let mem_bytes = u64::from(config.memory_mib) << 20;
@@ -439,14 +455,34 @@ impl Runtime {
                 .write_slice(blob, GuestAddress(*addr))
                 .map_err(|e| VmmError::Config(format!("writing ACPI tables: {e}")))?;
         }
-        let entry = load_linux(
-            vm.memory(),
-            mem_bytes,
-            &config.kernel,
-            config.initrd.as_deref(),
-            &config.cmdline,
-            tables.rsdp_addr,
-        )?;
+        let pvh = match &config.vmlinux {
+            Some(vmlinux) => load_pvh(
+                vm.memory(),
+                mem_bytes,
+                vmlinux,
+                config.initrd.as_deref(),
+                &config.cmdline,
+                tables.rsdp_addr,
+            )?,
+            None => None,
+        };
+        if let (Some(vmlinux), None) = (&config.vmlinux, &pvh) {
+            eprintln!(
+                "slicenet-vmm: {} has no PVH entry point; booting the bzImage",
+                vmlinux.display()
+            );
+        }
+        let entry = match pvh {
+            Some(entry) => entry,
+            None => load_linux(
+                vm.memory(),
+                mem_bytes,
+                &config.kernel,
+                config.initrd.as_deref(),
+                &config.cmdline,
+                tables.rsdp_addr,
+            )?,
+        };
         let loaded = started.elapsed();
 
         let bus = Arc::new(Bus::new(
@@ -481,7 +517,7 @@ impl Runtime {
             add(l.as_raw_fd(), token(T_CONSOLE_LISTEN, 0, 0))?;
         }
         // Devices are served from the start, or once the start check passed.
-        let deferred_fds = match &check {
+        let deferred_fds = match check.as_ref() {
             Some((_, done)) => {
                 add(done.as_raw_fd(), token(T_CHECKED, 0, 0))?;
                 device_fds
@@ -513,7 +549,7 @@ impl Runtime {
             exit_evt,
             exit_reason: Arc::default(),
             signals,
-            check,
+            check: check.take(),
             check_failed: None,
             deferred_fds,
         };
@@ -521,10 +557,14 @@ impl Runtime {
         // Where start-up time goes, for people tuning boot time (the guest's own share is in
         // its console log).
         eprintln!(
-            "slicenet-vmm: vCPUs running {} ms after start (VM created at {} ms, kernel and initramfs loaded at {} ms)",
+            "slicenet-vmm: vCPUs running {} ms after start (VM created at {} ms, kernel and initramfs loaded at {} ms, {})",
             started.elapsed().as_millis(),
             vm_created.as_millis(),
-            loaded.as_millis()
+            loaded.as_millis(),
+            match entry.protocol {
+                BootProtocol::Pvh => "vmlinux via PVH",
+                BootProtocol::Linux64 => "bzImage via the 64-bit boot protocol",
+            }
         );
         Ok(runtime)
     }

@@ -22,6 +22,9 @@ fn write_appliance(dir: &Path) {
     kernel[0x1f1] = 4; // setup_sects
     kernel[0x202..0x206].copy_from_slice(b"HdrS");
     std::fs::write(dir.join("vmlinuz"), &kernel).unwrap();
+    let mut vmlinux = b"\x7fELF\x02\x01\x01".to_vec();
+    vmlinux.resize(8192, 0);
+    std::fs::write(dir.join("vmlinux"), &vmlinux).unwrap();
     std::fs::write(dir.join("initrd.img"), b"initramfs").unwrap();
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
@@ -34,6 +37,10 @@ fn write_appliance(dir: &Path) {
             path: "vmlinuz".into(),
             sha256: sha256(&kernel),
         },
+        vmlinux: Some(PartSpec {
+            path: "vmlinux".into(),
+            sha256: sha256(&vmlinux),
+        }),
         initrd: PartSpec {
             path: "initrd.img".into(),
             sha256: sha256(b"initramfs"),
@@ -62,7 +69,7 @@ fn run_vmm(dir: &Path, api: &Path) -> (i32, String) {
 #[test]
 fn corrupt_appliances_fail_with_status_4_naming_the_part() {
     type Corruption = fn(&Path);
-    let cases: [(&str, Corruption, &str); 4] = [
+    let cases: [(&str, Corruption, &str); 5] = [
         (
             "bad hash",
             |d| std::fs::write(d.join("initrd.img"), b"initramfX").unwrap(),
@@ -75,6 +82,14 @@ fn corrupt_appliances_fail_with_status_4_naming_the_part() {
                 std::fs::write(d.join("vmlinuz"), &k[..1000]).unwrap();
             },
             "kernel",
+        ),
+        (
+            "truncated vmlinux",
+            |d| {
+                let k = std::fs::read(d.join("vmlinux")).unwrap();
+                std::fs::write(d.join("vmlinux"), &k[..100]).unwrap();
+            },
+            "appliance vmlinux",
         ),
         (
             "missing initrd",

@@ -85,6 +85,18 @@ fn default_appliances_boot_ping_and_end_with_the_right_status_under_nested_kvm()
         "a hash mismatch ends the VMM with status 4"
     );
     assert!(has("VM-E-NAMES-INITRD"), "the error names the initramfs");
+    // The default appliance carries a vmlinux: A booted it through PVH. F's vmlinux was cut
+    // short: it cannot load, and the hash check's verdict (status 4, naming it) is reported.
+    assert!(
+        appliance.vmlinux_path().is_some(),
+        "the default appliance has a vmlinux"
+    );
+    assert!(has("VM-A-PVH"), "A booted its vmlinux via PVH");
+    assert!(
+        has("VM-F-EXIT 4"),
+        "a truncated vmlinux ends the VMM with status 4"
+    );
+    assert!(has("VM-F-NAMES-VMLINUX"), "the error names the vmlinux");
     assert!(
         has("VM-E-LOG-BYTES 0"),
         "no console output from an unverified guest"
@@ -144,9 +156,14 @@ slicenet-vmm run --appliance /t/bad --hostname vm-e --serial-log /t/e.log 2>/t/e
 echo "VM-E-EXIT $?"
 echo "VM-E-LOG-BYTES $(wc -c </t/e.log)"
 grep -q 'initrd' /t/e.err && echo VM-E-NAMES-INITRD
+grep -q 'vmlinux via PVH' /t/a.err && echo VM-A-PVH
+mkdir /t/short && cp /t/app/* /t/short/ && head -c 1000000 /t/app/vmlinux >/t/short/vmlinux
+slicenet-vmm run --appliance /t/short --hostname vm-f --serial-log /t/f.log 2>/t/f.err
+echo "VM-F-EXIT $?"
+grep -q 'appliance vmlinux' /t/f.err && echo VM-F-NAMES-VMLINUX
 echo "VMM-PROCESSES $(ps | grep -c '[s]licenet-vmm run')"
 echo "LEFT-SOCKETS $(ls /t | grep -E 'vm.sock|api|console$' | tr '\n' ' ')"
 grep -h -E 'packets|SLICENET' /t/a.log
 grep -h '^CPUS' /t/c.log
-for f in a b c d e; do echo "--- $f.err"; cat /t/$f.err; done
+for f in a b c d e f; do echo "--- $f.err"; cat /t/$f.err; done
 "#;

@@ -74,6 +74,11 @@ pub struct Manifest {
     pub memory_mib: u32,
     /// The kernel (a bzImage).
     pub kernel: PartSpec,
+    /// The same kernel uncompressed (its vmlinux ELF with a PVH entry point), extracted from
+    /// the bzImage when the appliance was built; VMMs that can start it directly skip the
+    /// in-guest decompression. Absent in older appliances: the bzImage is then booted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmlinux: Option<PartSpec>,
     /// The initramfs.
     pub initrd: PartSpec,
     /// An optional disk image, attached as a virtio-blk device.
@@ -207,6 +212,9 @@ impl Manifest {
             ));
         }
         check_part("kernel", &self.kernel)?;
+        if let Some(vmlinux) = &self.vmlinux {
+            check_part("vmlinux", vmlinux)?;
+        }
         check_part("initrd", &self.initrd)?;
         if let Some(disk) = &self.disk {
             check_part("disk", &disk.part)?;
@@ -310,7 +318,22 @@ impl Appliance {
 
     /// Hashes every part and compares it with the manifest.
     pub fn verify(&self) -> Result<(), ApplianceError> {
-        for (part, spec) in self.parts() {
+        self.verify_parts(&self.parts())
+    }
+
+    /// Hashes the parts a VMM booting the kernel `kernel_part` (`"kernel"` or `"vmlinux"`)
+    /// uses: that kernel, the initramfs and the disk. The other kernel file is not read.
+    pub fn verify_for_boot(&self, kernel_part: &str) -> Result<(), ApplianceError> {
+        let used: Vec<_> = self
+            .parts()
+            .into_iter()
+            .filter(|(part, _)| !matches!(*part, "kernel" | "vmlinux") || *part == kernel_part)
+            .collect();
+        self.verify_parts(&used)
+    }
+
+    fn verify_parts(&self, parts: &[(&'static str, &PartSpec)]) -> Result<(), ApplianceError> {
+        for &(part, spec) in parts {
             let path = self.dir.join(&spec.path);
             let actual = sha256_file(&path).map_err(|source| match source.kind() {
                 ErrorKind::NotFound => ApplianceError::PartMissing {
@@ -335,12 +358,13 @@ impl Appliance {
         Ok(())
     }
 
-    /// The parts with their role names: kernel, initrd and (if any) disk.
+    /// The parts with their role names: kernel, vmlinux (if any), initrd and disk (if any).
     pub fn parts(&self) -> Vec<(&'static str, &PartSpec)> {
-        let mut parts = vec![
-            ("kernel", &self.manifest.kernel),
-            ("initrd", &self.manifest.initrd),
-        ];
+        let mut parts = vec![("kernel", &self.manifest.kernel)];
+        if let Some(vmlinux) = &self.manifest.vmlinux {
+            parts.push(("vmlinux", vmlinux));
+        }
+        parts.push(("initrd", &self.manifest.initrd));
         if let Some(disk) = &self.manifest.disk {
             parts.push(("disk", &disk.part));
         }
@@ -360,6 +384,14 @@ impl Appliance {
     /// Absolute (or dir-relative) path of the kernel.
     pub fn kernel_path(&self) -> PathBuf {
         self.dir.join(&self.manifest.kernel.path)
+    }
+
+    /// Path of the uncompressed kernel (vmlinux ELF), if the appliance has one.
+    pub fn vmlinux_path(&self) -> Option<PathBuf> {
+        self.manifest
+            .vmlinux
+            .as_ref()
+            .map(|v| self.dir.join(&v.path))
     }
 
     /// Path of the initramfs.
@@ -421,6 +453,7 @@ mod tests {
                 path: "vmlinuz".into(),
                 sha256: sha256_file(&dir.join("vmlinuz")).unwrap(),
             },
+            vmlinux: None,
             initrd: PartSpec {
                 path: "initrd.img".into(),
                 sha256: sha256_file(&dir.join("initrd.img")).unwrap(),
@@ -459,6 +492,48 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("vmlinuz"));
+    }
+
+    #[test]
+    fn a_vmlinux_part_is_optional_hashed_and_only_the_booted_kernel_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut manifest = write_appliance(dir.path());
+        assert!(
+            !manifest.to_toml().contains("vmlinux"),
+            "older manifests unchanged"
+        );
+        std::fs::write(dir.path().join("vmlinux"), b"elf bytes").unwrap();
+        manifest.vmlinux = Some(PartSpec {
+            path: "vmlinux".into(),
+            sha256: sha256_file(&dir.path().join("vmlinux")).unwrap(),
+        });
+        std::fs::write(dir.path().join(MANIFEST_FILE), manifest.to_toml()).unwrap();
+        let appliance = Appliance::load(dir.path()).unwrap();
+        assert_eq!(appliance.manifest(), &manifest);
+        assert_eq!(appliance.vmlinux_path(), Some(dir.path().join("vmlinux")));
+
+        // A modified bzImage fails a full check and a bzImage boot's, not a PVH boot's.
+        std::fs::write(dir.path().join("vmlinuz"), b"other kernel").unwrap();
+        assert!(appliance.verify_for_boot("vmlinux").is_ok());
+        let err = appliance.verify_for_boot("kernel").unwrap_err();
+        assert!(matches!(
+            err,
+            ApplianceError::HashMismatch { part: "kernel", .. }
+        ));
+        assert!(appliance.verify().is_err());
+        // A truncated vmlinux fails a PVH boot's check, naming it.
+        std::fs::write(dir.path().join("vmlinux"), b"elf").unwrap();
+        let err = appliance.verify_for_boot("vmlinux").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ApplianceError::HashMismatch {
+                    part: "vmlinux",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

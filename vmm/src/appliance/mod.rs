@@ -11,6 +11,7 @@ mod mac;
 mod manifest;
 
 pub mod build;
+pub mod vmlinux;
 
 pub use cmdline::{compose_cmdline, CmdlineError, GuestNet, READY_MARKER};
 pub use mac::{derive_mac, parse_mac, MacAddr};

@@ -1,12 +1,14 @@
 //! The guest physical memory map and fixed addresses of the x86_64 microVM.
 //!
 //! ```text
-//! 0x0000_0500  GDT                      0x0000_7000  boot_params (zero page)
+//! 0x0000_0500  GDT                      0x0000_6000  hvm_start_info (PVH boot), then
+//! 0x0000_6040  PVH module list          0x0000_6080  PVH memory map
+//! 0x0000_7000  boot_params (zero page, 64-bit boot protocol)
 //! 0x0000_0520  IDT                      0x0000_8ff0  boot stack top
 //! 0x0000_9000  PML4, PDPT, PD (1 GiB identity map, 2 MiB pages)
 //! 0x0002_0000  kernel command line      0x0009_fc00  EBDA start (reserved to 1 MiB)
 //! 0x000e_0000  ACPI RSDP, then XSDT, FADT, MADT, DSDT (reserved in e820)
-//! 0x0010_0000  bzImage protected-mode kernel
+//! 0x0010_0000  bzImage protected-mode kernel (a vmlinux loads at its own address, 16 MiB)
 //! top of RAM   initramfs (page aligned, below 4 GiB)
 //! 0xd000_0000  virtio-mmio devices, one 4 KiB window each
 //! 0xfec0_0000  IOAPIC (in-kernel)       0xfee0_0000  local APIC (in-kernel)
@@ -17,6 +19,14 @@
 pub const GDT_ADDR: u64 = 0x500;
 /// IDT address.
 pub const IDT_ADDR: u64 = 0x520;
+/// `hvm_start_info` of a PVH boot.
+pub const PVH_INFO_ADDR: u64 = 0x6000;
+/// PVH module list (one entry: the initramfs).
+pub const PVH_MODLIST_ADDR: u64 = 0x6040;
+/// PVH memory map.
+pub const PVH_MEMMAP_ADDR: u64 = 0x6080;
+/// Entries that fit between [`PVH_MEMMAP_ADDR`] and the zero page (24 bytes each).
+pub const PVH_MEMMAP_MAX: usize = ((ZERO_PAGE_ADDR - PVH_MEMMAP_ADDR) / 24) as usize;
 /// Zero page (struct boot_params).
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
 /// Initial stack pointer of the boot vCPU.

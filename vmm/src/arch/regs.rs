@@ -1,13 +1,14 @@
-//! Initial vCPU state for the Linux 64-bit boot protocol: CPUID, MSRs, segment and control
-//! registers with an identity-mapped first GiB, general registers, FPU and local APIC LINTs.
+//! Initial vCPU state: CPUID, MSRs, FPU and local APIC LINTs, and per boot protocol the
+//! segment, control and general registers: long mode with an identity-mapped first GiB and
+//! RSI = zero page for the Linux 64-bit boot protocol; 32-bit protected mode without paging
+//! and EBX = `hvm_start_info` for PVH.
 
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout::{
-    BOOT_STACK_POINTER, GDT_ADDR, IDT_ADDR, PDPT_ADDR, PD_ADDR, PML4_ADDR, ZERO_PAGE_ADDR,
-};
+use super::boot::{BootEntry, BootProtocol};
+use super::layout::{BOOT_STACK_POINTER, GDT_ADDR, IDT_ADDR, PDPT_ADDR, PD_ADDR, PML4_ADDR};
 
 /// Why a vCPU could not be configured.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,7 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> RegsError {
 }
 
 const X86_CR0_PE: u64 = 0x1;
+const X86_CR0_ET: u64 = 0x10;
 const X86_CR0_PG: u64 = 0x8000_0000;
 const X86_CR4_PAE: u64 = 0x20;
 const EFER_LME: u64 = 0x100;
@@ -115,17 +117,29 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
     Ok(())
 }
 
-/// General registers at the 64-bit entry point: RIP at the kernel entry, RSI at the zero page.
-pub fn setup_regs(vcpu: &VcpuFd, entry: u64) -> Result<(), RegsError> {
-    let regs = kvm_regs {
+/// General registers at the kernel entry: RIP at the entry point, and the boot information
+/// in RSI (64-bit boot protocol: the zero page) or EBX (PVH: `hvm_start_info`).
+pub fn boot_regs(entry: &BootEntry) -> kvm_regs {
+    let mut regs = kvm_regs {
         rflags: 0x2,
-        rip: entry,
-        rsp: BOOT_STACK_POINTER,
-        rbp: BOOT_STACK_POINTER,
-        rsi: ZERO_PAGE_ADDR,
+        rip: entry.entry,
         ..Default::default()
     };
-    vcpu.set_regs(&regs).map_err(kvm("KVM_SET_REGS"))
+    match entry.protocol {
+        BootProtocol::Linux64 => {
+            regs.rsp = BOOT_STACK_POINTER;
+            regs.rbp = BOOT_STACK_POINTER;
+            regs.rsi = entry.boot_info;
+        }
+        BootProtocol::Pvh => regs.rbx = entry.boot_info,
+    }
+    regs
+}
+
+/// Sets [`boot_regs`].
+pub fn setup_regs(vcpu: &VcpuFd, entry: &BootEntry) -> Result<(), RegsError> {
+    vcpu.set_regs(&boot_regs(entry))
+        .map_err(kvm("KVM_SET_REGS"))
 }
 
 /// x87/SSE defaults.
@@ -156,35 +170,28 @@ fn segment(selector: u16, type_: u8, system: bool, long: bool, default_32: bool)
     }
 }
 
-/// Writes the GDT, an empty IDT and identity page tables, then enters long mode.
-pub fn setup_sregs(vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> Result<(), RegsError> {
-    let write = |what: &'static str, addr: u64, value: u64| {
-        mem.write_obj(value, GuestAddress(addr))
-            .map_err(|source| RegsError::Memory { what, source })
+/// The boot GDT: null, code (0x08), data (0x10), TSS (0x18). The code segment is 64-bit for
+/// the 64-bit boot protocol and 32-bit for PVH.
+pub fn boot_gdt(protocol: BootProtocol) -> [u64; 4] {
+    let code = match protocol {
+        BootProtocol::Linux64 => 0x00af_9b00_0000_ffff,
+        BootProtocol::Pvh => 0x00cf_9b00_0000_ffff,
     };
-    // Null, 64-bit code (0x08), data (0x10), TSS (0x18).
-    let gdt: [u64; 4] = [
-        0,
-        0x00af_9b00_0000_ffff,
-        0x00cf_9300_0000_ffff,
-        0x008f_8b00_0000_ffff,
-    ];
-    for (i, entry) in gdt.iter().enumerate() {
-        write("GDT", GDT_ADDR + i as u64 * 8, *entry)?;
-    }
-    write("IDT", IDT_ADDR, 0)?;
-    write("PML4", PML4_ADDR, PDPT_ADDR | 0x3)?;
-    write("PDPT", PDPT_ADDR, PD_ADDR | 0x3)?;
-    for i in 0..512u64 {
-        write("PD", PD_ADDR + i * 8, (i << 21) | 0x83)?;
-    }
+    [0, code, 0x00cf_9300_0000_ffff, 0x008f_8b00_0000_ffff]
+}
 
-    let mut sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+/// `base` (the vCPU's reset state) changed for `protocol`: flat segments from
+/// [`boot_gdt`], and long mode with paging (CR3 = the identity map) or, for PVH, protected
+/// mode with paging and PAE off.
+pub fn boot_sregs(protocol: BootProtocol, base: &kvm_sregs) -> kvm_sregs {
+    let mut sregs = *base;
+    let gdt = boot_gdt(protocol);
     sregs.gdt.base = GDT_ADDR;
     sregs.gdt.limit = (gdt.len() * 8 - 1) as u16;
     sregs.idt.base = IDT_ADDR;
     sregs.idt.limit = 7;
-    let code = segment(0x08, 0xb, false, true, false);
+    let long = protocol == BootProtocol::Linux64;
+    let code = segment(0x08, 0xb, false, long, !long);
     let data = segment(0x10, 0x3, false, false, true);
     let tss = segment(0x18, 0xb, true, false, false);
     sregs.cs = code;
@@ -194,11 +201,54 @@ pub fn setup_sregs(vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> Result<(), RegsError
     sregs.gs = data;
     sregs.ss = data;
     sregs.tr = tss;
-    sregs.cr3 = PML4_ADDR;
-    sregs.cr4 |= X86_CR4_PAE;
-    sregs.cr0 |= X86_CR0_PE | X86_CR0_PG;
-    sregs.efer |= EFER_LME | EFER_LMA;
-    vcpu.set_sregs(&sregs).map_err(kvm("KVM_SET_SREGS"))
+    match protocol {
+        BootProtocol::Linux64 => {
+            sregs.cr3 = PML4_ADDR;
+            sregs.cr4 |= X86_CR4_PAE;
+            sregs.cr0 |= X86_CR0_PE | X86_CR0_PG;
+            sregs.efer |= EFER_LME | EFER_LMA;
+        }
+        BootProtocol::Pvh => {
+            sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
+            sregs.cr3 = 0;
+            sregs.cr4 = 0;
+            sregs.efer = 0;
+        }
+    }
+    sregs
+}
+
+/// Writes the GDT and an empty IDT, and for the 64-bit boot protocol the identity page
+/// tables (1 GiB in 2 MiB pages; PVH starts without paging).
+pub fn write_boot_tables(mem: &GuestMemoryMmap, protocol: BootProtocol) -> Result<(), RegsError> {
+    let write = |what: &'static str, addr: u64, value: u64| {
+        mem.write_obj(value, GuestAddress(addr))
+            .map_err(|source| RegsError::Memory { what, source })
+    };
+    for (i, entry) in boot_gdt(protocol).iter().enumerate() {
+        write("GDT", GDT_ADDR + i as u64 * 8, *entry)?;
+    }
+    write("IDT", IDT_ADDR, 0)?;
+    if protocol == BootProtocol::Linux64 {
+        write("PML4", PML4_ADDR, PDPT_ADDR | 0x3)?;
+        write("PDPT", PDPT_ADDR, PD_ADDR | 0x3)?;
+        for i in 0..512u64 {
+            write("PD", PD_ADDR + i * 8, (i << 21) | 0x83)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the boot tables and sets [`boot_sregs`] on the vCPU.
+pub fn setup_sregs(
+    vcpu: &VcpuFd,
+    mem: &GuestMemoryMmap,
+    protocol: BootProtocol,
+) -> Result<(), RegsError> {
+    write_boot_tables(mem, protocol)?;
+    let base = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+    vcpu.set_sregs(&boot_sregs(protocol, &base))
+        .map_err(kvm("KVM_SET_SREGS"))
 }
 
 /// Routes LINT0 as ExtINT (the 8259's output) and LINT1 as NMI, as a PC's BIOS would.

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use slicenet_vmm::appliance::vmlinux::pvh_entry_of_file;
 use slicenet_vmm::appliance::{
     compose_cmdline, derive_mac, parse_mac, Appliance, ApplianceError, GuestNet, MacAddr,
 };
@@ -60,6 +61,13 @@ struct RunArgs {
     /// Boot this bzImage instead of an appliance (with --initrd and --cmdline).
     #[arg(long, requires = "memory_mib")]
     kernel: Option<PathBuf>,
+    /// The same kernel as an uncompressed vmlinux ELF, booted through PVH when it has a PVH
+    /// entry point (with --kernel; an appliance names its own).
+    #[arg(long, requires = "kernel")]
+    vmlinux: Option<PathBuf>,
+    /// Boot the appliance's bzImage even when it has a vmlinux with a PVH entry point.
+    #[arg(long)]
+    bzimage: bool,
     /// Initramfs for --kernel.
     #[arg(long, requires = "kernel")]
     initrd: Option<PathBuf>,
@@ -231,12 +239,22 @@ fn run(args: RunArgs, started: Instant) -> anyhow::Result<i32> {
         Some(dir) if check_host().is_ok() => {
             let appliance = Appliance::load_unverified(dir)?;
             appliance.check_parts_present()?;
+            // Only the kernel file that boots is hashed (with the initramfs and disk).
+            let part = if pvh_vmlinux(&appliance, args.bzimage).is_some() {
+                "vmlinux"
+            } else {
+                "kernel"
+            };
             let to_verify = appliance.clone();
-            start_check = Some(Box::new(move || to_verify.verify()));
+            start_check = Some(Box::new(move || to_verify.verify_for_boot(part)));
             Some(appliance)
         }
         Some(dir) => Some(Appliance::load(dir)?),
         None => None,
+    };
+    let vmlinux = match &appliance {
+        Some(a) => pvh_vmlinux(a, args.bzimage),
+        None => args.vmlinux.clone(),
     };
     let (kernel, initrd, base_cmdline, vcpus, memory_mib, appliance_disk) = match &appliance {
         Some(a) => (
@@ -318,6 +336,7 @@ fn run(args: RunArgs, started: Instant) -> anyhow::Result<i32> {
     }
     let config = VmConfig {
         kernel,
+        vmlinux,
         initrd,
         cmdline,
         vcpus: args.vcpus.unwrap_or(vcpus),
@@ -343,6 +362,20 @@ fn run(args: RunArgs, started: Instant) -> anyhow::Result<i32> {
         started.elapsed().as_millis()
     );
     Ok(code)
+}
+
+/// The appliance's vmlinux, unless `bzimage` is asked for or the vmlinux has no PVH entry
+/// point (then the bzImage boots). A vmlinux whose headers cannot be read is still chosen: it
+/// fails to load, and the hash check then reports the corrupt part.
+fn pvh_vmlinux(appliance: &Appliance, bzimage: bool) -> Option<PathBuf> {
+    if bzimage {
+        return None;
+    }
+    let path = appliance.vmlinux_path()?;
+    match pvh_entry_of_file(&path) {
+        Ok(None) => None,
+        Ok(Some(_)) | Err(_) => Some(path),
+    }
 }
 
 fn ctl(args: CtlArgs) -> anyhow::Result<()> {

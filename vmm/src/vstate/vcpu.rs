@@ -95,8 +95,8 @@ impl Vcpu {
         regs::setup_fpu(&self.fd)?;
         regs::setup_lapic(&self.fd)?;
         if let Some(entry) = entry {
-            regs::setup_sregs(&self.fd, vm.memory())?;
-            regs::setup_regs(&self.fd, entry.entry)?;
+            regs::setup_sregs(&self.fd, vm.memory(), entry.protocol)?;
+            regs::setup_regs(&self.fd, &entry)?;
         }
         Ok(())
     }

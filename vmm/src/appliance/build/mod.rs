@@ -19,13 +19,14 @@ use object::read::elf::{Dyn, FileHeader, SectionHeader};
 use sha2::{Digest, Sha256};
 
 use super::manifest::{sha256_file, Appliance, ApplianceError, Manifest, NicSpec, PartSpec};
+use super::vmlinux::{extract_vmlinux, Vmlinux};
 use super::{MANIFEST_FILE, MANIFEST_FORMAT};
 
 mod cpio;
 pub use cpio::{CpioWriter, Entry as CpioEntry};
 
 /// Bumped whenever the recipe's output changes for the same inputs.
-const RECIPE_VERSION: &str = "slicenet-default-appliance-5";
+const RECIPE_VERSION: &str = "slicenet-default-appliance-6";
 /// The Debian metapackage that names the current cloud kernel image package.
 const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
 /// Kernel modules the init loads (dependencies are added from each module's `.modinfo`), so
@@ -360,6 +361,35 @@ pub fn build_default(
     image.write(&initrd_path)?;
     let vmlinuz = staging.join("vmlinuz");
     fs::copy(&kernel_path, &vmlinuz).map_err(io_err(&kernel_path))?;
+    // The uncompressed kernel, for VMMs that start it at its PVH entry point (no in-guest
+    // decompression). Optional: without a PVH entry the bzImage alone is booted.
+    let vmlinux = match extract_vmlinux(&read(&vmlinuz)?) {
+        Ok(Vmlinux {
+            elf,
+            pvh_entry: Some(entry),
+        }) => {
+            progress(&format!(
+                "extracted vmlinux ({} MiB, PVH entry {entry:#x})",
+                elf.len() >> 20
+            ));
+            let path = staging.join("vmlinux");
+            fs::write(&path, &elf).map_err(io_err(&path))?;
+            Some(PartSpec {
+                path: "vmlinux".into(),
+                sha256: sha256_file(&path).map_err(io_err(&path))?,
+            })
+        }
+        Ok(_) => {
+            progress("the kernel has no PVH entry point: only the bzImage is stored");
+            None
+        }
+        Err(e) => {
+            progress(&format!(
+                "no vmlinux extracted ({e}): only the bzImage is stored"
+            ));
+            None
+        }
+    };
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         name: options.name.clone(),
@@ -374,6 +404,7 @@ pub fn build_default(
             path: "vmlinuz".into(),
             sha256: sha256_file(&vmlinuz).map_err(io_err(&vmlinuz))?,
         },
+        vmlinux,
         initrd: PartSpec {
             path: "initrd.img".into(),
             sha256: sha256_file(&initrd_path).map_err(io_err(&initrd_path))?,
