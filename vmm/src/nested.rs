@@ -35,11 +35,11 @@ pub enum NestedError {
     /// Something the outer VM needs was not found.
     #[error("{0}")]
     Missing(String),
-    /// The outer VM did not finish in time.
-    #[error("the nested host did not finish within {seconds} s; its console said:\n{output}")]
+    /// The outer VM did not finish in time, or printed nothing for its idle limit (hung).
+    #[error("the nested host {reason}; its console said:\n{output}")]
     Timeout {
-        /// The limit.
-        seconds: u64,
+        /// What was exceeded, in words.
+        reason: String,
         /// Console output so far.
         output: String,
     },
@@ -91,6 +91,7 @@ pub struct NestedHost {
     entries: BTreeMap<String, CpioEntry>,
     memory_mib: u32,
     cpus: u32,
+    idle_timeout: Option<Duration>,
 }
 
 /// The kernel tree (unpacked `linux-image-*` package) whose vmlinuz is the appliance's kernel.
@@ -143,6 +144,7 @@ impl NestedHost {
             entries: BTreeMap::new(),
             memory_mib: 1536,
             cpus: 2,
+            idle_timeout: None,
         };
         for dir in ["bin", "dev", "proc", "sys", "tmp", "lib", "lib64", "m", "t"] {
             host.entries
@@ -185,6 +187,13 @@ impl NestedHost {
     pub fn machine(mut self, memory_mib: u32, cpus: u32) -> NestedHost {
         self.memory_mib = memory_mib;
         self.cpus = cpus;
+        self
+    }
+
+    /// Stop the outer VM (with [`NestedError::Timeout`]) when its console stays silent this
+    /// long: a hung nested host is reported instead of waiting for the overall timeout.
+    pub fn idle_timeout(mut self, limit: Duration) -> NestedHost {
+        self.idle_timeout = Some(limit);
         self
     }
 
@@ -331,7 +340,8 @@ impl NestedHost {
         let deadline = started + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
+            let wait = self.idle_timeout.map_or(left, |idle| idle.min(left));
+            match rx.recv_timeout(wait) {
                 Ok(line) => {
                     output.push_str(&line);
                     output.push('\n');
@@ -340,10 +350,16 @@ impl NestedHost {
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(NestedError::Timeout {
-                        seconds: timeout.as_secs(),
-                        output,
-                    });
+                    let reason = if Instant::now() >= deadline {
+                        format!("did not finish within {} s", timeout.as_secs())
+                    } else {
+                        format!(
+                            "printed nothing for {} s (hung?) after running {:.0} s",
+                            wait.as_secs(),
+                            started.elapsed().as_secs_f64()
+                        )
+                    };
+                    return Err(NestedError::Timeout { reason, output });
                 }
             }
         }

@@ -1,12 +1,17 @@
 //! VMM benchmark: time from starting the VMM to the guest's ready marker (10 boots: median,
 //! p90) and the VMM's own memory overhead (process RSS minus the guest memory it touched),
 //! for slicenet-vmm and for QEMU (`-M microvm,acpi=on`) booting the same kernel, initramfs,
-//! memory, vCPUs and NIC, in the same run. Figures are printed side by side with ratios.
+//! memory, vCPUs, NIC and command line, in the same run. Each VMM boots the kernel both ways
+//! it can: the bzImage (decompressed in the guest) and, when the appliance carries one, the
+//! uncompressed vmlinux through its PVH entry point (QEMU: `-kernel vmlinux`). The boot-time
+//! target is judged on each VMM's best way of booting the same kernel; every row is printed.
 //!
 //! Where the host's KVM cannot run a stock kernel (PVM, see the vmm crate's `host` module)
 //! both VMMs run inside a nested hardware-virtualization host (QEMU TCG `-cpu max` with
 //! kvm-amd); absolute times there are meaningless (everything is emulated), so compare the
-//! ratios only. On a server with VT-x/AMD-V run it with `--direct` for real figures:
+//! ratios only. Each boot has a time limit, and a nested host that stops answering is stopped:
+//! such boots are reported as timed out with the count of boots that completed. On a server
+//! with VT-x/AMD-V run it with `--direct` for real figures:
 //!
 //! ```text
 //! cargo build --release -p slicenet-vmm -p slicenet-experiments --bin slicenet-vmm --bin vmm_bench
@@ -24,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use slicenet_vmm::appliance::build::{build_default, default_cache_dir, BuildOptions};
 use slicenet_vmm::appliance::{derive_mac, Appliance};
 use slicenet_vmm::host::check_host;
-use slicenet_vmm::nested::NestedHost;
+use slicenet_vmm::nested::{NestedError, NestedHost};
 
 #[derive(Debug, Parser)]
 #[command(about = "Boot time and memory overhead: slicenet-vmm vs QEMU microvm")]
@@ -32,6 +37,9 @@ struct Cli {
     /// Boots per runtime.
     #[arg(long, default_value_t = 10)]
     boots: usize,
+    /// Seconds one boot may take to reach the ready marker before it counts as timed out.
+    #[arg(long, default_value_t = 120)]
+    boot_timeout: u64,
     /// The slicenet-vmm binary (default: next to this benchmark's executable).
     #[arg(long)]
     vmm: Option<PathBuf>,
@@ -55,12 +63,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Inner {
-    /// (Used inside the nested host.) Measure both runtimes and print RESULT-JSON.
+    /// (Used inside the nested host.) Measure all runtimes, printing one BOOT-JSON line per
+    /// boot as it ends.
     Measure {
         #[arg(long)]
         appliance: PathBuf,
         #[arg(long)]
         boots: usize,
+        #[arg(long)]
+        boot_timeout: u64,
         #[arg(long)]
         vmm: PathBuf,
         #[arg(long)]
@@ -84,14 +95,36 @@ struct Sample {
     guest_rss_kib: u64,
 }
 
+/// What one boot of one runtime gave: a sample, or why there is none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BootEvent {
+    runtime: String,
+    boot: usize,
+    result: Result<Sample, String>,
+}
+
 /// All boots of one runtime.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Series {
     runtime: String,
     samples: Vec<Sample>,
+    /// Boots without a sample: (boot number, why).
+    failures: Vec<(usize, String)>,
 }
 
 impl Series {
+    fn new(runtime: &str) -> Series {
+        Series {
+            runtime: runtime.to_string(),
+            samples: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    fn is_qemu(&self) -> bool {
+        self.runtime.starts_with("qemu")
+    }
+
     fn ready_ms(&self) -> Vec<f64> {
         let mut v: Vec<f64> = self.samples.iter().map(|s| s.ready_ms).collect();
         v.sort_by(f64::total_cmp);
@@ -126,11 +159,55 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// Groups boot events by runtime, in the order the runtimes first appear.
+fn collect(events: &[BootEvent]) -> Vec<Series> {
+    let mut series: Vec<Series> = Vec::new();
+    for event in events {
+        let index = match series.iter().position(|s| s.runtime == event.runtime) {
+            Some(i) => i,
+            None => {
+                series.push(Series::new(&event.runtime));
+                series.len() - 1
+            }
+        };
+        match &event.result {
+            Ok(sample) => series[index].samples.push(sample.clone()),
+            Err(why) => series[index].failures.push((event.boot, why.clone())),
+        }
+    }
+    series
+}
+
+/// Reads BOOT-BEGIN / BOOT-JSON lines out of the nested host's console. A boot that began
+/// and never ended (the nested host hung or was stopped) becomes a failure saying so.
+fn parse_nested_events(output: &str) -> anyhow::Result<Vec<BootEvent>> {
+    let mut events = Vec::new();
+    let mut pending: Option<(String, usize)> = None;
+    for line in output.lines() {
+        if let Some(json) = line.strip_prefix("BOOT-BEGIN ") {
+            let (runtime, boot): (String, usize) = serde_json::from_str(json)?;
+            pending = Some((runtime, boot));
+        } else if let Some(json) = line.strip_prefix("BOOT-JSON ") {
+            events.push(serde_json::from_str(json)?);
+            pending = None;
+        }
+    }
+    if let Some((runtime, boot)) = pending {
+        events.push(BootEvent {
+            runtime,
+            boot,
+            result: Err("the nested host stopped answering during this boot".into()),
+        });
+    }
+    Ok(events)
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Inner::Measure {
         appliance,
         boots,
+        boot_timeout,
         vmm,
         qemu,
         qemu_data,
@@ -143,8 +220,10 @@ fn main() -> anyhow::Result<()> {
             append,
             console,
             console_prefix: "CONSOLE|",
+            boot_timeout: Duration::from_secs(boot_timeout),
+            announce_boots: true,
         };
-        let result = measure(
+        measure(
             &appliance,
             boots,
             &vmm,
@@ -152,8 +231,12 @@ fn main() -> anyhow::Result<()> {
             qemu_data.as_deref(),
             &work,
             &options,
+            &mut |event| match serde_json::to_string(event) {
+                Ok(json) => println!("BOOT-JSON {json}"),
+                Err(e) => eprintln!("vmm_bench: cannot encode a boot result: {e}"),
+            },
         )?;
-        println!("RESULT-JSON {}", serde_json::to_string(&result)?);
+        println!("MEASURE-DONE");
         return Ok(());
     }
 
@@ -170,16 +253,20 @@ fn main() -> anyhow::Result<()> {
     let appliance = Appliance::load(&built.dir)?;
     let qemu = which("qemu-system-x86_64")
         .context("qemu-system-x86_64 is needed (Debian qemu-system-x86)")?;
+    let expected = cli.boots * runtimes(&appliance).len();
 
-    let (result, where_) = if cli.direct {
+    let (events, where_, note) = if cli.direct {
         check_host().context("--direct needs a host whose KVM runs stock kernels")?;
         let work = tempfile::tempdir()?;
         let options = Options {
             append: cli.append.clone(),
             console: cli.console,
             console_prefix: "",
+            boot_timeout: Duration::from_secs(cli.boot_timeout),
+            announce_boots: false,
         };
-        let result = measure(
+        let mut events = Vec::new();
+        measure(
             appliance.dir(),
             cli.boots,
             &vmm,
@@ -187,14 +274,17 @@ fn main() -> anyhow::Result<()> {
             None,
             work.path(),
             &options,
+            &mut |event| events.push(event.clone()),
         )?;
-        (result, "this host's KVM".to_string())
+        (events, "this host's KVM".to_string(), None)
     } else {
-        let mut host = NestedHost::new(&appliance, &cache)?;
+        let mut host = NestedHost::new(&appliance, &cache)?
+            // Every boot prints within its time limit; silence past that means a hung host.
+            .idle_timeout(Duration::from_secs(cli.boot_timeout + 60));
         host.add_program("vmm_bench", &std::env::current_exe()?)?;
         host.add_program("slicenet-vmm", &vmm)?;
         host.add_program("qemu-system-x86_64", &qemu)?;
-        for file in ["qboot.rom", "linuxboot_dma.bin", "kvmvapic.bin"] {
+        for file in ["qboot.rom", "linuxboot_dma.bin", "kvmvapic.bin", "pvh.bin"] {
             let src = Path::new("/usr/share/qemu").join(file);
             if src.exists() {
                 host.add_file(&format!("t/qemu-data/{file}"), &src, 0o644)?;
@@ -218,9 +308,10 @@ fn main() -> anyhow::Result<()> {
             0o644,
         )?;
         let mut script = format!(
-            "vmm_bench measure --appliance /t/app --boots {} --vmm /bin/slicenet-vmm \
-             --qemu /bin/qemu-system-x86_64 --qemu-data /t/qemu-data --work /tmp",
-            cli.boots
+            "vmm_bench measure --appliance /t/app --boots {} --boot-timeout {} \
+             --vmm /bin/slicenet-vmm --qemu /bin/qemu-system-x86_64 --qemu-data /t/qemu-data \
+             --work /tmp",
+            cli.boots, cli.boot_timeout
         );
         if let Some(append) = &cli.append {
             // The outer VM's busybox sh reads this line: keep the parameters one quoted word.
@@ -234,32 +325,50 @@ fn main() -> anyhow::Result<()> {
         }
         script.push('\n');
         eprintln!(
-            "vmm_bench: {} boots per runtime inside the nested host (QEMU TCG -cpu max + kvm-amd); this takes minutes",
-            cli.boots
+            "vmm_bench: {} boots of {} runtimes inside the nested host (QEMU TCG -cpu max + kvm-amd); this takes minutes",
+            cli.boots,
+            runtimes(&appliance).len()
         );
-        let run = host.run(
+        let (output, note) = match host.run(
             &script,
-            Duration::from_secs(120 + 3 * 90 * cli.boots as u64),
-        )?;
-        let line = run
-            .output
-            .lines()
-            .find_map(|l| l.strip_prefix("RESULT-JSON "))
-            .with_context(|| format!("the nested run printed no result:\n{}", run.output))?;
-        if cli.console {
-            for line in run.output.lines() {
+            Duration::from_secs(120 + (cli.boot_timeout + 30) * expected as u64),
+        ) {
+            Ok(run) if run.output.contains("MEASURE-DONE") => (run.output, None),
+            Ok(run) => {
+                let note = "the measurement inside the nested host ended early".to_string();
+                (run.output, Some(note))
+            }
+            Err(NestedError::Timeout { reason, output }) => (output, Some(reason)),
+            Err(e) => return Err(e.into()),
+        };
+        if cli.console || note.is_some() {
+            for line in output.lines() {
                 match line.strip_prefix("CONSOLE|") {
                     Some(line) => eprintln!("{line}"),
-                    None => eprintln!("nested host| {line}"),
+                    None if !line.starts_with("BOOT-") => eprintln!("nested host| {line}"),
+                    None => {}
                 }
             }
         }
         (
-            serde_json::from_str(line)?,
+            parse_nested_events(&output)?,
             "the nested host (QEMU TCG -cpu max + kvm-amd): compare ratios only".to_string(),
+            note,
         )
     };
-    report(&result, &where_, cli.json);
+    let completed = events.iter().filter(|e| e.result.is_ok()).count();
+    let result = collect(&events);
+    report(
+        &result,
+        &where_,
+        cli.json,
+        completed,
+        expected,
+        note.as_deref(),
+    );
+    if completed == 0 {
+        bail!("no boot completed");
+    }
     Ok(())
 }
 
@@ -271,7 +380,26 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-fn report(result: &[Series], where_: &str, json: bool) {
+fn report(
+    result: &[Series],
+    where_: &str,
+    json: bool,
+    completed: usize,
+    expected: usize,
+    note: Option<&str>,
+) {
+    let qemu_best = result
+        .iter()
+        .filter(|s| s.is_qemu() && !s.samples.is_empty())
+        .min_by(|a, b| a.median_ms().total_cmp(&b.median_ms()));
+    let ours_best = result
+        .iter()
+        .filter(|s| !s.is_qemu() && !s.samples.is_empty() && !s.runtime.contains("--"))
+        .min_by(|a, b| a.median_ms().total_cmp(&b.median_ms()));
+    let judged = match (ours_best, qemu_best) {
+        (Some(ours), Some(qemu)) => Some((ours, qemu, ours.median_ms() / qemu.median_ms())),
+        _ => None,
+    };
     if json {
         let rows: Vec<serde_json::Value> = result
             .iter()
@@ -279,6 +407,7 @@ fn report(result: &[Series], where_: &str, json: bool) {
                 serde_json::json!({
                     "runtime": s.runtime,
                     "boots": s.samples.len(),
+                    "failed": s.failures,
                     "median_ms": s.median_ms(),
                     "p90_ms": s.p90_ms(),
                     "overhead_mib": s.overhead_mib(),
@@ -287,7 +416,16 @@ fn report(result: &[Series], where_: &str, json: bool) {
             .collect();
         println!(
             "{}",
-            serde_json::json!({ "where": where_, "runtimes": rows })
+            serde_json::json!({
+                "where": where_,
+                "runtimes": rows,
+                "completed_boots": completed,
+                "expected_boots": expected,
+                "note": note,
+                "judged": judged.map(|(ours, qemu, ratio)| serde_json::json!({
+                    "slicenet": ours.runtime, "qemu": qemu.runtime, "boot_median_ratio": ratio,
+                })),
+            })
         );
         return;
     }
@@ -295,29 +433,45 @@ fn report(result: &[Series], where_: &str, json: bool) {
         "VMM start -> guest ready marker, default appliance (256 MiB, 1 vCPU, 1 NIC), on {where_}"
     );
     println!(
-        "{:<34} {:>6} {:>11} {:>9} {:>13}",
+        "{:<36} {:>8} {:>11} {:>9} {:>13}",
         "runtime", "boots", "median ms", "p90 ms", "overhead MiB"
     );
     for s in result {
         println!(
-            "{:<34} {:>6} {:>11.0} {:>9.0} {:>13.1}",
+            "{:<36} {:>8} {:>11.0} {:>9.0} {:>13.1}",
             s.runtime,
-            s.samples.len(),
+            format!("{}/{}", s.samples.len(), s.samples.len() + s.failures.len()),
             s.median_ms(),
             s.p90_ms(),
             s.overhead_mib()
         );
     }
-    if let Some(qemu) = result.iter().find(|s| s.runtime.starts_with("qemu")) {
-        for s in result.iter().filter(|s| !s.runtime.starts_with("qemu")) {
+    for s in result {
+        for (boot, why) in &s.failures {
+            println!("{} boot {boot}: {why}", s.runtime);
+        }
+    }
+    for qemu in result.iter().filter(|s| s.is_qemu()) {
+        for s in result.iter().filter(|s| !s.is_qemu()) {
             println!(
-                "ratio {} / qemu: boot median {:.2} (target <= 0.5), p90 {:.2}; overhead {:.2}x",
+                "ratio {} / {}: boot median {:.2}, p90 {:.2}; overhead {:.2}x",
                 s.runtime,
+                qemu.runtime,
                 s.median_ms() / qemu.median_ms(),
                 s.p90_ms() / qemu.p90_ms(),
                 s.overhead_mib() / qemu.overhead_mib()
             );
         }
+    }
+    if let Some((ours, qemu, ratio)) = judged {
+        println!(
+            "judged (each VMM's fastest way to boot the same kernel): {} / {} = {ratio:.2} (target <= 0.5)",
+            ours.runtime, qemu.runtime
+        );
+    }
+    println!("{completed} of {expected} boots completed");
+    if let Some(note) = note {
+        println!("note: {note}");
     }
     println!(
         "target: slicenet-vmm overhead <= 5 MiB; on hardware KVM <= 150 ms to the ready marker"
@@ -332,9 +486,66 @@ struct Options {
     console: bool,
     /// Prefix of those lines (the outer run picks them out of the nested host's console).
     console_prefix: &'static str,
+    /// Time limit of one boot.
+    boot_timeout: Duration,
+    /// Print a BOOT-BEGIN line before each boot (inside the nested host, so that a boot the
+    /// host hung in can be named).
+    announce_boots: bool,
 }
 
-/// Boots each runtime `boots` times and returns the samples.
+/// The runtimes measured: slicenet-vmm (the appliance's default way: vmlinux via PVH when
+/// present), slicenet-vmm without hashing, slicenet-vmm and QEMU booting the bzImage, and QEMU
+/// booting the vmlinux through PVH when present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Runtime {
+    Vmm { verify: bool, bzimage: bool },
+    Qemu { vmlinux: bool },
+}
+
+impl Runtime {
+    fn name(self, has_vmlinux: bool) -> &'static str {
+        match self {
+            Runtime::Vmm {
+                verify: true,
+                bzimage: false,
+            } if has_vmlinux => "slicenet-vmm vmlinux/PVH",
+            Runtime::Vmm { verify: true, .. } => "slicenet-vmm bzImage",
+            Runtime::Vmm { verify: false, .. } if has_vmlinux => {
+                "slicenet-vmm vmlinux/PVH --no-verify"
+            }
+            Runtime::Vmm { verify: false, .. } => "slicenet-vmm bzImage --no-verify",
+            Runtime::Qemu { vmlinux: false } => "qemu microvm bzImage",
+            Runtime::Qemu { vmlinux: true } => "qemu microvm vmlinux/PVH",
+        }
+    }
+}
+
+fn runtimes(appliance: &Appliance) -> Vec<Runtime> {
+    let mut all = vec![Runtime::Vmm {
+        verify: true,
+        bzimage: false,
+    }];
+    all.push(Runtime::Vmm {
+        verify: false,
+        bzimage: false,
+    });
+    if appliance.vmlinux_path().is_some() {
+        all.push(Runtime::Vmm {
+            verify: true,
+            bzimage: true,
+        });
+    }
+    all.push(Runtime::Qemu { vmlinux: false });
+    if appliance.vmlinux_path().is_some() {
+        all.push(Runtime::Qemu { vmlinux: true });
+    }
+    all
+}
+
+/// Boots each runtime `boots` times (interleaved, so slow phases of the machine hit all
+/// runtimes alike) and hands each boot's result to `on_boot` as it ends. A boot that times out
+/// or fails is a result too; the measurement goes on.
+#[allow(clippy::too_many_arguments)]
 fn measure(
     appliance_dir: &Path,
     boots: usize,
@@ -343,9 +554,11 @@ fn measure(
     qemu_data: Option<&Path>,
     work: &Path,
     options: &Options,
-) -> anyhow::Result<Vec<Series>> {
+    on_boot: &mut dyn FnMut(&BootEvent),
+) -> anyhow::Result<()> {
     let appliance = Appliance::load(appliance_dir)?;
     let m = appliance.manifest();
+    let has_vmlinux = appliance.vmlinux_path().is_some();
     let mac = derive_mac("vmm-bench", 0);
     let mut guest_params = format!("slicenet.net={mac},198.19.9.1/24 slicenet.hostname=bench");
     if let Some(append) = &options.append {
@@ -354,89 +567,90 @@ fn measure(
     }
     let vm_sock = work.join("bench.vm.sock");
     let switch_sock = work.join("bench.switch.sock");
-    let mut series = vec![
-        Series {
-            runtime: "slicenet-vmm".into(),
-            samples: Vec::new(),
-        },
-        Series {
-            runtime: "slicenet-vmm --no-verify".into(),
-            samples: Vec::new(),
-        },
-        Series {
-            runtime: "qemu -M microvm,acpi=on".into(),
-            samples: Vec::new(),
-        },
-    ];
-    for boot in 0..boots {
-        for (i, s) in series.iter_mut().enumerate() {
-            let mut command = if i < 2 {
-                let mut c = Command::new(vmm);
-                c.arg("run")
-                    .arg("--appliance")
-                    .arg(appliance_dir)
-                    .arg("--hostname")
-                    .arg("bench")
-                    .arg("--net")
-                    .arg(format!(
-                        "vm={},switch={},mac={mac},ip=198.19.9.1/24",
-                        vm_sock.display(),
-                        switch_sock.display()
-                    ))
-                    .arg("--serial-stdout");
-                if let Some(append) = &options.append {
-                    c.arg("--append").arg(append);
+    for boot in 1..=boots {
+        for runtime in runtimes(&appliance) {
+            let name = runtime.name(has_vmlinux);
+            let mut command = match runtime {
+                Runtime::Vmm { verify, bzimage } => {
+                    let mut c = Command::new(vmm);
+                    c.arg("run")
+                        .arg("--appliance")
+                        .arg(appliance_dir)
+                        .arg("--hostname")
+                        .arg("bench")
+                        .arg("--net")
+                        .arg(format!(
+                            "vm={},switch={},mac={mac},ip=198.19.9.1/24",
+                            vm_sock.display(),
+                            switch_sock.display()
+                        ))
+                        .arg("--serial-stdout");
+                    if let Some(append) = &options.append {
+                        c.arg("--append").arg(append);
+                    }
+                    if !verify {
+                        c.arg("--no-verify");
+                    }
+                    if bzimage {
+                        c.arg("--bzimage");
+                    }
+                    c
                 }
-                if i == 1 {
-                    c.arg("--no-verify");
+                Runtime::Qemu { vmlinux } => {
+                    let kernel = match (vmlinux, appliance.vmlinux_path()) {
+                        (true, Some(path)) => path,
+                        _ => appliance.kernel_path(),
+                    };
+                    let mut c = Command::new(qemu);
+                    if let Some(data) = qemu_data {
+                        c.arg("-L").arg(data);
+                    }
+                    c.args(["-M", "microvm,acpi=on", "-accel", "kvm", "-cpu", "host"])
+                        .args([
+                            "-m",
+                            &m.memory_mib.to_string(),
+                            "-smp",
+                            &m.vcpus.to_string(),
+                        ])
+                        .args([
+                            "-nodefaults",
+                            "-no-user-config",
+                            "-nographic",
+                            "-serial",
+                            "stdio",
+                        ])
+                        .arg("-kernel")
+                        .arg(kernel)
+                        .arg("-initrd")
+                        .arg(appliance.initrd_path())
+                        .arg("-append")
+                        // The same command line slicenet-vmm gives the guest, platform flags
+                        // included.
+                        .arg(format!(
+                            "{} {} {guest_params}",
+                            m.cmdline,
+                            slicenet_vmm::runtime::PLATFORM_CMDLINE
+                        ))
+                        .arg("-netdev")
+                        .arg(format!(
+                            "dgram,id=n0,local.type=unix,local.path={},remote.type=unix,remote.path={}",
+                            vm_sock.display(),
+                            switch_sock.display()
+                        ))
+                        .arg("-device")
+                        .arg(format!("virtio-net-device,netdev=n0,mac={mac}"))
+                        .arg("-no-reboot");
+                    c
                 }
-                c
-            } else {
-                let mut c = Command::new(qemu);
-                if let Some(data) = qemu_data {
-                    c.arg("-L").arg(data);
-                }
-                c.args(["-M", "microvm,acpi=on", "-accel", "kvm", "-cpu", "host"])
-                    .args([
-                        "-m",
-                        &m.memory_mib.to_string(),
-                        "-smp",
-                        &m.vcpus.to_string(),
-                    ])
-                    .args([
-                        "-nodefaults",
-                        "-no-user-config",
-                        "-nographic",
-                        "-serial",
-                        "stdio",
-                    ])
-                    .arg("-kernel")
-                    .arg(appliance.kernel_path())
-                    .arg("-initrd")
-                    .arg(appliance.initrd_path())
-                    .arg("-append")
-                    // The same command line slicenet-vmm gives the guest, platform flags included.
-                    .arg(format!(
-                        "{} {} {guest_params}",
-                        m.cmdline,
-                        slicenet_vmm::runtime::PLATFORM_CMDLINE
-                    ))
-                    .arg("-netdev")
-                    .arg(format!(
-                        "dgram,id=n0,local.type=unix,local.path={},remote.type=unix,remote.path={}",
-                        vm_sock.display(),
-                        switch_sock.display()
-                    ))
-                    .arg("-device")
-                    .arg(format!("virtio-net-device,netdev=n0,mac={mac}"))
-                    .arg("-no-reboot");
-                c
             };
             let _ = std::fs::remove_file(&vm_sock);
-            let (sample, console) = boot_once(
+            if options.announce_boots {
+                println!("BOOT-BEGIN {}", serde_json::to_string(&(name, boot))?);
+            }
+            let result = boot_once(
                 &mut command,
                 m.memory_mib,
-                Duration::from_secs(240),
+                options.boot_timeout,
                 // Wait for a diagnostic command's output only when there is one.
                 options.console
                     && options
@@ -444,30 +658,33 @@ fn measure(
                         .as_deref()
                         .is_some_and(|a| a.contains("slicenet.run=")),
                 options.console,
-            )
-            .with_context(|| format!("{} boot {}", s.runtime, boot + 1))?;
-            if options.console {
-                for line in console {
-                    println!(
-                        "{}{} #{}| {line}",
-                        options.console_prefix,
-                        s.runtime,
-                        boot + 1
-                    );
-                }
-            }
-            eprintln!(
-                "vmm_bench: {} boot {}: ready after {:.0} ms, RSS {} KiB (guest {} KiB)",
-                s.runtime,
-                boot + 1,
-                sample.ready_ms,
-                sample.rss_kib,
-                sample.guest_rss_kib
             );
-            s.samples.push(sample);
+            let result = match result {
+                Ok((sample, console)) => {
+                    if options.console {
+                        for line in console {
+                            println!("{}{name} #{boot}| {line}", options.console_prefix);
+                        }
+                    }
+                    eprintln!(
+                        "vmm_bench: {name} boot {boot}: ready after {:.0} ms, RSS {} KiB (guest {} KiB)",
+                        sample.ready_ms, sample.rss_kib, sample.guest_rss_kib
+                    );
+                    Ok(sample)
+                }
+                Err(e) => {
+                    eprintln!("vmm_bench: {name} boot {boot}: {e:#}");
+                    Err(format!("{e:#}"))
+                }
+            };
+            on_boot(&BootEvent {
+                runtime: name.to_string(),
+                boot,
+                result,
+            });
         }
     }
-    Ok(series)
+    Ok(())
 }
 
 /// Starts the VMM, waits for the ready marker on its stdout (the serial console), samples
@@ -531,7 +748,7 @@ fn boot_once(
         Ok(at) => at,
         Err(_) => {
             stop(&mut child);
-            bail!("no ready marker within {} s", timeout.as_secs());
+            bail!("timed out: no ready marker within {} s", timeout.as_secs());
         }
     };
     let ready_ms = ready.duration_since(started).as_secs_f64() * 1000.0;
@@ -600,4 +817,43 @@ fn memory_of(pid: u32, guest_kib: u64) -> anyhow::Result<(u64, u64)> {
         }
     }
     Ok((total, guest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_boot_the_nested_host_hung_in_is_a_named_failure() {
+        let sample = |ms: f64| BootEvent {
+            runtime: "a".into(),
+            boot: 1,
+            result: Ok(Sample {
+                ready_ms: ms,
+                rss_kib: 10,
+                guest_rss_kib: 5,
+            }),
+        };
+        let output = format!(
+            "noise\nBOOT-BEGIN [\"a\",1]\nBOOT-JSON {}\nBOOT-BEGIN [\"b\",1]\nBOOT-JSON {}\nBOOT-BEGIN [\"a\",2]\nkernel noise\n",
+            serde_json::to_string(&sample(100.0)).unwrap(),
+            serde_json::to_string(&BootEvent {
+                runtime: "b".into(),
+                boot: 1,
+                result: Err("timed out".into()),
+            })
+            .unwrap(),
+        );
+        let events = parse_nested_events(&output).unwrap();
+        assert_eq!(events.len(), 3);
+        let series = collect(&events);
+        assert_eq!(series[0].runtime, "a");
+        assert_eq!(series[0].samples.len(), 1);
+        assert_eq!(series[0].failures.len(), 1);
+        assert_eq!(series[0].failures[0].0, 2);
+        assert!(series[0].failures[0].1.contains("stopped answering"));
+        assert_eq!(series[1].failures, vec![(1, "timed out".to_string())]);
+        assert_eq!(series[0].median_ms(), 100.0);
+        assert!(series[1].median_ms().is_nan());
+    }
 }
