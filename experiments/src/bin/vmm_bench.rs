@@ -543,7 +543,8 @@ fn runtimes(appliance: &Appliance) -> Vec<Runtime> {
 }
 
 /// Boots each runtime `boots` times (interleaved, so slow phases of the machine hit all
-/// runtimes alike) and hands each boot's result to `on_boot` as it ends. A boot that times out
+/// runtimes alike, and in an order rotated by one each round, so no runtime always follows
+/// the same one) and hands each boot's result to `on_boot` as it ends. A boot that times out
 /// or fails is a result too; the measurement goes on.
 #[allow(clippy::too_many_arguments)]
 fn measure(
@@ -567,8 +568,10 @@ fn measure(
     }
     let vm_sock = work.join("bench.vm.sock");
     let switch_sock = work.join("bench.switch.sock");
+    let all = runtimes(&appliance);
     for boot in 1..=boots {
-        for runtime in runtimes(&appliance) {
+        for k in 0..all.len() {
+            let runtime = all[(k + boot - 1) % all.len()];
             let name = runtime.name(has_vmlinux);
             let mut command = match runtime {
                 Runtime::Vmm { verify, bzimage } => {
