@@ -1,5 +1,6 @@
 //! KVM state of a VM and its vCPUs, and their serializable snapshots.
 
+pub mod memory;
 pub mod vcpu;
 pub mod vm;
 

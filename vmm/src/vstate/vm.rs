@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::memory::GuestRam;
 use crate::arch::layout::{ram_regions, KVM_TSS_ADDR};
 
 /// Why the VM could not be created or driven.
@@ -63,7 +64,7 @@ pub struct VmState {
 pub struct Vm {
     kvm: Kvm,
     fd: VmFd,
-    mem: GuestMemoryMmap,
+    ram: GuestRam,
     irqchip: bool,
 }
 
@@ -77,11 +78,11 @@ impl Vm {
             .into_iter()
             .map(|(start, len)| (GuestAddress(start), len as usize))
             .collect();
-        let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::Memory {
+        let ram = GuestRam::new(&ranges).map_err(|e| VmError::Memory {
             mib: mem_bytes >> 20,
             reason: e.to_string(),
         })?;
-        for (slot, region) in mem.iter().enumerate() {
+        for (slot, region) in ram.memory().iter().enumerate() {
             let region_info = kvm_userspace_memory_region {
                 slot: slot as u32,
                 guest_phys_addr: region.start_addr().raw_value(),
@@ -89,7 +90,8 @@ impl Vm {
                 userspace_addr: region.as_ptr() as u64,
                 flags: 0,
             };
-            // SAFETY: the mapping belongs to `mem`, which lives as long as the VM.
+            // SAFETY: the mapping belongs to `ram`, which lives as long as the VM (and beyond
+            // while vCPU or device threads hold clones of its memory).
             unsafe { fd.set_user_memory_region(region_info) }
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
@@ -107,14 +109,14 @@ impl Vm {
         Ok(Vm {
             kvm,
             fd,
-            mem,
+            ram,
             irqchip,
         })
     }
 
     /// Guest memory.
     pub fn memory(&self) -> &GuestMemoryMmap {
-        &self.mem
+        self.ram.memory()
     }
 
     /// The VM file descriptor.
@@ -172,7 +174,8 @@ impl Vm {
         let clock = self.fd.get_clock().map_err(kvm_err("KVM_GET_CLOCK"))?;
         Ok(VmState {
             memory: self
-                .mem
+                .ram
+                .memory()
                 .iter()
                 .map(|r| MemoryRegionState {
                     guest_addr: r.start_addr().raw_value(),
