@@ -1,5 +1,6 @@
 //! Membership between in-process nodes: discovery from one bootstrap address,
-//! failure detection, updates, graceful leave, and convergence at 100 nodes.
+//! failure detection (crash and freeze), updates, graceful leave, and convergence at
+//! 100 nodes.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -205,6 +206,14 @@ fn start_crashable(i: usize, bootstrap: &[PeerAddr]) -> CrashableNode {
 }
 
 impl CrashableNode {
+    /// Blocks the node's only worker thread for `how_long`: its connections stay open
+    /// but it answers nothing, like a hung host.
+    fn freeze(&self, how_long: Duration) {
+        if let Some(rt) = &self.runtime {
+            rt.spawn(async move { std::thread::sleep(how_long) });
+        }
+    }
+
     fn crash(&mut self) {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
@@ -244,6 +253,46 @@ async fn crashed_node_is_detected_by_every_other_node() {
     for h in &handles {
         assert_eq!(h.status().await.unwrap().live_members, 1);
     }
+    first.membership.shutdown().await;
+    second.membership.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_node_is_declared_down_when_its_heartbeats_stop() {
+    let mut first = start(0, loopback(), &[], Timing::default()).await;
+    let boot = first.membership.listen_addrs().to_vec();
+    let mut second = start(1, loopback(), &boot, Timing::default()).await;
+    let mut victim = tokio::task::spawn_blocking(move || start_crashable(2, &boot))
+        .await
+        .unwrap();
+    let handles = [first.membership.handle(), second.membership.handle()];
+    wait_for_live(&handles, 2, Duration::from_secs(20)).await;
+    // Healthy subjects echo every heartbeat: several periods pass without a silence.
+    tokio::time::sleep(Timing::default().ping_interval * 4).await;
+    for h in &handles {
+        let counters = h.status().await.unwrap().counters;
+        assert_eq!(counters.silences_detected, 0, "{counters:?}");
+    }
+
+    // Its connections stay open: only the missing heartbeat echoes can tell.
+    let victim_id = victim.node_id;
+    let frozen_at = Instant::now();
+    victim.freeze(Duration::from_secs(12));
+    for node in [&mut first, &mut second] {
+        let event = wait_event(
+            &mut node.events,
+            Duration::from_secs(10),
+            |e| matches!(e, MembershipEvent::PeerDown { node, .. } if *node == victim_id),
+        )
+        .await;
+        println!("freeze detected after {:?}: {event:?}", frozen_at.elapsed());
+    }
+    for h in &handles {
+        assert_eq!(h.status().await.unwrap().live_members, 1);
+    }
+    tokio::task::spawn_blocking(move || victim.crash())
+        .await
+        .unwrap();
     first.membership.shutdown().await;
     second.membership.shutdown().await;
 }

@@ -94,9 +94,9 @@ impl FromStr for PeerAddr {
 /// Failure-detection and dissemination timing.
 #[derive(Debug, Clone)]
 pub struct Timing {
-    /// Ping period on every connection.
+    /// Heartbeat period from a watcher to each of its subjects.
     pub ping_interval: Duration,
-    /// A ping unanswered for this long closes the connection (then the peer is probed).
+    /// A subject whose heartbeat echo is this late (after the period) is suspected and probed.
     pub ping_timeout: Duration,
     /// A redial of a peer whose connection closed must succeed within this time.
     pub probe_timeout: Duration,
@@ -126,7 +126,7 @@ impl Default for Timing {
             refresh_interval: Duration::from_secs(60),
             record_ttl: Duration::from_secs(300),
             sync_interval: Duration::from_secs(5),
-            gossip_heartbeat: Duration::from_millis(500),
+            gossip_heartbeat: Duration::from_millis(1000),
             leave_grace: Duration::from_millis(200),
         }
     }

@@ -61,6 +61,8 @@ pub struct Counters {
     /// Dials to peers that are not our monitoring neighbours, refused (Kademlia lookups
     /// run over existing connections instead of opening new ones).
     pub dials_refused: u64,
+    /// Connections established (both directions); each cost a noise handshake.
+    pub connections_opened: u64,
 }
 
 impl Counters {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    connection_limits, gossipsub, identify, identity::Keypair, kad, ping, request_response,
+    connection_limits, gossipsub, identify, identity::Keypair, kad, request_response,
     StreamProtocol,
 };
 use sha2::{Digest as _, Sha256};
@@ -27,12 +27,10 @@ pub const MEMBERSHIP_TOPIC: &str = "slicenet/membership/1";
 pub struct Behaviour {
     /// Caps connections so no peer can exhaust file descriptors or memory.
     pub limits: connection_limits::Behaviour,
-    /// Holds the connections to our subjects and watchers open.
+    /// Holds the connections to our subjects and watchers open; heartbeats to subjects.
     pub keep_alive: keepalive::Behaviour,
     /// Learns peers' listen addresses (fed to Kademlia).
     pub identify: identify::Behaviour,
-    /// Liveness of every connection.
-    pub ping: ping::Behaviour,
     /// Peer discovery.
     pub kademlia: kad::Behaviour<kad::store::MemoryStore>,
     /// Record and suspicion dissemination.
@@ -56,12 +54,6 @@ impl Behaviour {
             identify::Config::new(IDENTIFY_VERSION.into(), key.public())
                 .with_agent_version(format!("slicenet/{}", env!("CARGO_PKG_VERSION")))
                 .with_cache_size(0),
-        );
-
-        let ping = ping::Behaviour::new(
-            ping::Config::new()
-                .with_interval(timing.ping_interval)
-                .with_timeout(timing.ping_timeout),
         );
 
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
@@ -119,9 +111,8 @@ impl Behaviour {
 
         Ok(Self {
             limits: connection_limits::Behaviour::new(connection_limits),
-            keep_alive: keepalive::Behaviour::default(),
+            keep_alive: keepalive::Behaviour::new(timing.ping_interval),
             identify,
-            ping,
             kademlia,
             gossipsub,
             sync,

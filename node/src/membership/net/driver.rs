@@ -25,12 +25,13 @@ use libp2p::core::transport::MemoryTransport;
 use libp2p::core::upgrade::Version;
 use libp2p::core::{ConnectedPoint, Transport as _};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{gossipsub, identify, kad, noise, ping, request_response, tcp, yamux};
+use libp2p::{gossipsub, identify, kad, noise, request_response, tcp, yamux};
 use libp2p::{Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, watch as tokio_watch};
 
 use super::behaviour::{Behaviour, BehaviourEvent, MEMBERSHIP_TOPIC};
-use super::{from_multiaddr, is_host_local, peer_to_node, to_multiaddr};
+use super::keepalive;
+use super::{from_multiaddr, is_host_local, node_to_peer, peer_to_node, to_multiaddr};
 use crate::membership::health::LocalHealth;
 use crate::membership::identity::{NodeId, NodeIdentity};
 use crate::membership::message::{GossipMessage, MAX_GOSSIP_LEN};
@@ -55,6 +56,10 @@ const MAX_ADDRS_PER_PEER: usize = 8;
 /// A connection nobody needs (not to a subject, a watcher or a gossip mesh peer, and
 /// not in use by Kademlia or a sync) closes after this long.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection to a peer that is neither our subject nor our watcher is closed once it
+/// is this old, even if gossipsub put it in its mesh (which would keep it open forever):
+/// otherwise the nodes everyone bootstraps through would keep hundreds of connections.
+const TRANSIENT_CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -103,8 +108,10 @@ struct Peer {
     records: Bucket,
     /// Sync requests it may send us.
     syncs: Bucket,
-    /// Last answered ping (or the connection's start).
+    /// Last heartbeat either way (or the connection's start).
     last_pong: Instant,
+    /// When the first connection to it was established.
+    since: Instant,
 }
 
 /// How a record reached us (decides whether it is passed on as news).
@@ -327,6 +334,9 @@ impl Driver {
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut commands_open = true;
         loop {
+            // The swarm is not budget-aware: while it always has an event ready this loop
+            // would never yield, and the timer and commands (which are) would starve.
+            tokio::task::consume_budget().await;
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.recv(), if commands_open => match command {
@@ -363,8 +373,34 @@ impl Driver {
     /// Delivers an event to the owner and keeps the monitoring rings in step with it.
     fn emit(&mut self, event: MembershipEvent) {
         self.watch.on_membership_event(&event);
+        self.update_routing(&event);
         if self.events.try_send(event).is_err() {
             self.table.counters.events_dropped += 1;
+        }
+    }
+
+    /// Keeps Kademlia's routing table in step with the signed records: a member's contact
+    /// addresses go in when it comes up and it leaves when it goes down. (A routing table
+    /// of fewer than 20 peers also makes Kademlia bootstrap again on every insertion.)
+    fn update_routing(&mut self, event: &MembershipEvent) {
+        match event {
+            MembershipEvent::PeerUp(record) => {
+                let Some(peer) = node_to_peer(&record.node_id()) else {
+                    return;
+                };
+                let we_are_local = self.listen_addrs.iter().any(is_host_local);
+                for addr in record.record().contacts.iter().map(to_multiaddr) {
+                    if we_are_local || !is_host_local(&addr) {
+                        self.swarm.behaviour_mut().kademlia.add_address(&peer, addr);
+                    }
+                }
+            }
+            MembershipEvent::PeerDown { node, .. } => {
+                if let Some(peer) = node_to_peer(node) {
+                    self.swarm.behaviour_mut().kademlia.remove_peer(&peer);
+                }
+            }
+            MembershipEvent::PeerUpdated(_) => {}
         }
     }
 
@@ -501,8 +537,25 @@ impl Driver {
             let _ = self.resign(false);
         }
         self.spread_tick(now);
+        self.close_transient_connections(now);
         if self.peers.is_empty() && now >= self.next_bootstrap {
             self.dial_bootstrap();
+        }
+    }
+
+    /// Closes connections to peers that are not our monitoring neighbours once they are
+    /// older than [`TRANSIENT_CONNECTION_LIFETIME`], keeping at least one connection.
+    fn close_transient_connections(&mut self, now: Instant) {
+        let transient: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.since) > TRANSIENT_CONNECTION_LIFETIME)
+            .filter(|(_, p)| !self.watch.is_neighbour(&p.node))
+            .map(|(peer, _)| *peer)
+            .collect();
+        let keep_one = usize::from(transient.len() == self.peers.len());
+        for peer in transient.into_iter().skip(keep_one) {
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
 
@@ -555,6 +608,7 @@ impl Driver {
             return;
         };
         let now = Instant::now();
+        self.table.counters.connections_opened += 1;
         let dialed_addr = match endpoint {
             ConnectedPoint::Dialer { address, .. } => Some(address.clone()),
             ConnectedPoint::Listener { .. } => None,
@@ -566,6 +620,7 @@ impl Driver {
             records: Bucket::new(limits.gossip_per_peer_burst, now),
             syncs: Bucket::new(limits.syncs_per_peer_per_sec.max(1.0) * 2.0, now),
             last_pong: now,
+            since: now,
         });
         entry.last_pong = now;
         if let Some(addr) = &dialed_addr {
@@ -615,11 +670,7 @@ impl Driver {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 self.on_identified(peer_id, info)
             }
-            BehaviourEvent::Ping(ping::Event {
-                peer,
-                connection,
-                result,
-            }) => self.on_ping(peer, connection, result),
+            BehaviourEvent::KeepAlive(keepalive::Event { peer, .. }) => self.on_heartbeat(peer),
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message_id,

@@ -1,9 +1,10 @@
 //! Keeps the connections to chosen peers open (our monitoring subjects and
-//! watchers) while every other connection closes once idle, and refuses to
-//! open connections to anyone else.
+//! watchers) while every other connection closes once idle, refuses to open
+//! connections to anyone else, and runs the heartbeat on the connections to
+//! our subjects.
 //!
-//! libp2p closes a connection when none of its handlers needs it. Ping does not
-//! count, gossipsub only holds its mesh peers, and Kademlia and the sync
+//! libp2p closes a connection when none of its handlers needs it. Gossipsub
+//! only holds its mesh peers, and Kademlia and the sync
 //! protocol only hold a connection while they use it; so without this
 //! behaviour a node would either keep every connection it ever made (and ping
 //! them all: O(N) work per node at scale) or lose the ones failure detection
@@ -19,43 +20,103 @@
 //! addresses (which carry no peer id). Inbound connections are not refused
 //! here: [`libp2p::connection_limits`] caps those.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
-use std::task::{Context, Poll};
+//!
+//! The heartbeat (`/slicenet/heartbeat/1`) replaces libp2p's ping, which pings
+//! every connection in both directions: a watcher sends 8 bytes to each
+//! subject every `ping_interval` and the subject echoes them. So a node sends
+//! at most `watchers` heartbeats per period whatever its degree. Only the
+//! watcher hears of the echo (the subject's side reports nothing, which keeps
+//! the swarm's event load at one event per heartbeat). A missing echo is not
+//! judged here: the driver watches the time since the last echo (see
+//! `driver::watch`).
 
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::{AsyncReadExt as _, AsyncWriteExt as _, FutureExt as _};
 use libp2p::core::transport::PortUse;
-use libp2p::core::upgrade::DeniedUpgrade;
+use libp2p::core::upgrade::ReadyUpgrade;
 use libp2p::core::Endpoint;
-use libp2p::swarm::handler::ConnectionEvent;
+use libp2p::swarm::handler::{ConnectionEvent, FullyNegotiatedInbound, FullyNegotiatedOutbound};
 use libp2p::swarm::{
     ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
-    NetworkBehaviour, NotifyHandler, SubstreamProtocol, THandler, THandlerInEvent,
+    NetworkBehaviour, NotifyHandler, Stream, SubstreamProtocol, THandler, THandlerInEvent,
     THandlerOutEvent, ToSwarm,
 };
-use libp2p::{Multiaddr, PeerId};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
 
-/// Holds connections to the peers in its set open and refuses dials to any other peer.
-#[derive(Default)]
+/// Heartbeat protocol name.
+pub const HEARTBEAT_PROTOCOL: StreamProtocol = StreamProtocol::new("/slicenet/heartbeat/1");
+/// Bytes in one heartbeat (echoed unchanged).
+const HEARTBEAT_LEN: usize = 8;
+/// Most heartbeats echoed in one poll of a connection's handler.
+const MAX_ECHOES_PER_POLL: usize = 4;
+
+/// What a connection is for, as far as this behaviour is concerned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Role {
+    /// Keep the connection open (the peer is a subject or a watcher).
+    pub keep_alive: bool,
+    /// Send heartbeats on it (the peer is a subject).
+    pub heartbeat: bool,
+}
+
+/// Evidence that a subject is alive: it echoed our heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    /// The subject.
+    pub peer: PeerId,
+    /// Time from sending the heartbeat to its echo.
+    pub rtt: Duration,
+}
+
+/// Holds connections to our subjects and watchers open, runs heartbeats to our
+/// subjects, and refuses dials to any other peer.
 pub struct Behaviour {
-    wanted: HashSet<PeerId>,
+    interval: Duration,
+    subjects: HashSet<PeerId>,
+    watchers: HashSet<PeerId>,
     /// Dials to peers outside the set that were refused.
     refused: u64,
     connections: HashMap<PeerId, HashSet<ConnectionId>>,
-    notify: VecDeque<(PeerId, ConnectionId, bool)>,
+    notify: VecDeque<(PeerId, ConnectionId, Role)>,
+    events: VecDeque<Event>,
 }
 
 impl Behaviour {
-    /// Replaces the set of peers whose connections stay open.
-    pub fn set_wanted(&mut self, wanted: HashSet<PeerId>) {
+    /// A behaviour whose heartbeats go out every `interval`.
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            subjects: HashSet::new(),
+            watchers: HashSet::new(),
+            refused: 0,
+            connections: HashMap::new(),
+            notify: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Replaces the peers we watch and the peers that watch us.
+    pub fn set_neighbours(&mut self, subjects: HashSet<PeerId>, watchers: HashSet<PeerId>) {
+        let old: HashMap<PeerId, Role> = self
+            .connections
+            .keys()
+            .map(|peer| (*peer, self.role(peer)))
+            .collect();
+        self.subjects = subjects;
+        self.watchers = watchers;
         for (peer, connections) in &self.connections {
-            let (was, is) = (self.wanted.contains(peer), wanted.contains(peer));
-            if was != is {
+            let role = self.role(peer);
+            if old.get(peer) != Some(&role) {
                 for connection in connections {
-                    self.notify.push_back((*peer, *connection, is));
+                    self.notify.push_back((*peer, *connection, role));
                 }
             }
         }
-        self.wanted = wanted;
     }
 
     /// How many dials to peers outside the set were refused so far.
@@ -63,17 +124,27 @@ impl Behaviour {
         self.refused
     }
 
+    fn role(&self, peer: &PeerId) -> Role {
+        let heartbeat = self.subjects.contains(peer);
+        Role {
+            keep_alive: heartbeat || self.watchers.contains(peer),
+            heartbeat,
+        }
+    }
+
+    fn wanted(&self, peer: &PeerId) -> bool {
+        self.subjects.contains(peer) || self.watchers.contains(peer)
+    }
+
     fn handler(&mut self, peer: PeerId, connection: ConnectionId) -> Handler {
         self.connections.entry(peer).or_default().insert(connection);
-        Handler {
-            keep_alive: self.wanted.contains(&peer),
-        }
+        Handler::new(self.role(&peer), self.interval)
     }
 }
 
 impl NetworkBehaviour for Behaviour {
     type ConnectionHandler = Handler;
-    type ToSwarm = Infallible;
+    type ToSwarm = Event;
 
     fn handle_established_inbound_connection(
         &mut self,
@@ -93,7 +164,7 @@ impl NetworkBehaviour for Behaviour {
         _: Endpoint,
     ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
         match peer {
-            Some(peer) if !self.wanted.contains(&peer) => {
+            Some(peer) if !self.wanted(&peer) => {
                 self.refused += 1;
                 Err(ConnectionDenied::new(NotAContact(peer)))
             }
@@ -125,19 +196,23 @@ impl NetworkBehaviour for Behaviour {
 
     fn on_connection_handler_event(
         &mut self,
-        _: PeerId,
+        peer: PeerId,
         _: ConnectionId,
         event: THandlerOutEvent<Self>,
     ) {
-        match event {}
+        let HandlerEvent::Answered(rtt) = event;
+        self.events.push_back(Event { peer, rtt });
     }
 
-    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Infallible, THandlerInEvent<Self>>> {
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
+        if let Some(event) = self.events.pop_front() {
+            return Poll::Ready(ToSwarm::GenerateEvent(event));
+        }
         match self.notify.pop_front() {
-            Some((peer_id, connection, event)) => Poll::Ready(ToSwarm::NotifyHandler {
+            Some((peer_id, connection, role)) => Poll::Ready(ToSwarm::NotifyHandler {
                 peer_id,
                 handler: NotifyHandler::One(connection),
-                event,
+                event: role,
             }),
             None => Poll::Pending,
         }
@@ -149,37 +224,213 @@ impl NetworkBehaviour for Behaviour {
 #[error("{0} is not a monitoring neighbour: membership does not dial it")]
 pub struct NotAContact(PeerId);
 
-/// A handler that speaks no protocol and only answers "keep this connection?".
+/// What a connection's handler reports to the behaviour.
+#[derive(Debug)]
+pub enum HandlerEvent {
+    /// Our heartbeat was echoed after this long.
+    Answered(Duration),
+}
+
+/// One heartbeat exchange on a stream; gives the stream back for the next one.
+type Exchange = BoxFuture<'static, std::io::Result<Stream>>;
+
+/// The sending side of the heartbeat on one connection.
+enum Outbound {
+    /// The peer is not our subject.
+    Off,
+    /// A stream is to be requested.
+    Start,
+    /// A stream was requested and is being negotiated.
+    Requested,
+    /// Waiting for the next period.
+    Idle {
+        stream: Stream,
+        next: Pin<Box<tokio::time::Sleep>>,
+    },
+    /// A heartbeat is out.
+    Sent { exchange: Exchange, at: Instant },
+    /// The stream failed; a new one is requested after a period.
+    Backoff { next: Pin<Box<tokio::time::Sleep>> },
+}
+
+fn send_heartbeat(mut stream: Stream) -> Exchange {
+    async move {
+        let payload: [u8; HEARTBEAT_LEN] = rand::random();
+        stream.write_all(&payload).await?;
+        stream.flush().await?;
+        let mut echo = [0u8; HEARTBEAT_LEN];
+        stream.read_exact(&mut echo).await?;
+        if echo != payload {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "heartbeat echo does not match",
+            ));
+        }
+        Ok(stream)
+    }
+    .boxed()
+}
+
+fn echo_heartbeat(mut stream: Stream) -> Exchange {
+    async move {
+        let mut payload = [0u8; HEARTBEAT_LEN];
+        stream.read_exact(&mut payload).await?;
+        stream.write_all(&payload).await?;
+        stream.flush().await?;
+        Ok(stream)
+    }
+    .boxed()
+}
+
+/// Keeps the connection open while the peer is a neighbour and runs the heartbeat.
 pub struct Handler {
-    keep_alive: bool,
+    role: Role,
+    interval: Duration,
+    outbound: Outbound,
+    /// The echo side: one stream from the peer at a time (a newer one replaces it).
+    inbound: Option<Exchange>,
+}
+
+impl Handler {
+    fn new(role: Role, interval: Duration) -> Self {
+        Self {
+            role,
+            interval,
+            outbound: if role.heartbeat {
+                Outbound::Start
+            } else {
+                Outbound::Off
+            },
+            inbound: None,
+        }
+    }
+
+    fn later(&self) -> Pin<Box<tokio::time::Sleep>> {
+        Box::pin(tokio::time::sleep(self.interval))
+    }
 }
 
 impl ConnectionHandler for Handler {
-    type FromBehaviour = bool;
-    type ToBehaviour = Infallible;
-    type InboundProtocol = DeniedUpgrade;
-    type OutboundProtocol = DeniedUpgrade;
+    type FromBehaviour = Role;
+    type ToBehaviour = HandlerEvent;
+    type InboundProtocol = ReadyUpgrade<StreamProtocol>;
+    type OutboundProtocol = ReadyUpgrade<StreamProtocol>;
     type InboundOpenInfo = ();
     type OutboundOpenInfo = ();
 
-    fn listen_protocol(&self) -> SubstreamProtocol<DeniedUpgrade> {
-        SubstreamProtocol::new(DeniedUpgrade, ())
+    fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol> {
+        SubstreamProtocol::new(ReadyUpgrade::new(HEARTBEAT_PROTOCOL), ())
     }
 
-    fn on_behaviour_event(&mut self, keep_alive: bool) {
-        self.keep_alive = keep_alive;
+    fn on_behaviour_event(&mut self, role: Role) {
+        if role.heartbeat != self.role.heartbeat {
+            self.outbound = if role.heartbeat {
+                Outbound::Start
+            } else {
+                Outbound::Off
+            };
+        }
+        self.role = role;
     }
 
     fn connection_keep_alive(&self) -> bool {
-        self.keep_alive
+        self.role.keep_alive
     }
 
     fn poll(
         &mut self,
-        _: &mut Context<'_>,
-    ) -> Poll<ConnectionHandlerEvent<DeniedUpgrade, (), Infallible>> {
-        Poll::Pending
+        cx: &mut Context<'_>,
+    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, (), HandlerEvent>> {
+        // Echo what has arrived; a peer sending faster than it should gets a bounded
+        // number of echoes per poll, the rest on the next one.
+        for echoed in 0.. {
+            let Some(exchange) = self.inbound.as_mut() else {
+                break;
+            };
+            if echoed == MAX_ECHOES_PER_POLL {
+                cx.waker().wake_by_ref();
+                break;
+            }
+            match exchange.poll_unpin(cx) {
+                Poll::Ready(Ok(stream)) => self.inbound = Some(echo_heartbeat(stream)),
+                Poll::Ready(Err(_)) => self.inbound = None,
+                Poll::Pending => break,
+            }
+        }
+        loop {
+            match &mut self.outbound {
+                Outbound::Off | Outbound::Requested => return Poll::Pending,
+                Outbound::Start => {
+                    self.outbound = Outbound::Requested;
+                    return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
+                        protocol: SubstreamProtocol::new(ReadyUpgrade::new(HEARTBEAT_PROTOCOL), ()),
+                    });
+                }
+                Outbound::Backoff { next } => match next.poll_unpin(cx) {
+                    Poll::Ready(()) => self.outbound = Outbound::Start,
+                    Poll::Pending => return Poll::Pending,
+                },
+                Outbound::Idle { next, .. } => match next.poll_unpin(cx) {
+                    Poll::Ready(()) => {
+                        let Outbound::Idle { stream, .. } =
+                            std::mem::replace(&mut self.outbound, Outbound::Off)
+                        else {
+                            unreachable!("matched Idle above");
+                        };
+                        self.outbound = Outbound::Sent {
+                            exchange: send_heartbeat(stream),
+                            at: Instant::now(),
+                        };
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
+                Outbound::Sent { exchange, at } => match exchange.poll_unpin(cx) {
+                    Poll::Ready(Ok(stream)) => {
+                        let rtt = at.elapsed();
+                        self.outbound = Outbound::Idle {
+                            stream,
+                            next: self.later(),
+                        };
+                        return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(
+                            HandlerEvent::Answered(rtt),
+                        ));
+                    }
+                    Poll::Ready(Err(_)) => {
+                        self.outbound = Outbound::Backoff { next: self.later() };
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
+            }
+        }
     }
 
-    fn on_connection_event(&mut self, _: ConnectionEvent<DeniedUpgrade, DeniedUpgrade>) {}
+    fn on_connection_event(
+        &mut self,
+        event: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol>,
+    ) {
+        match event {
+            ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
+                protocol: stream,
+                ..
+            }) => self.inbound = Some(echo_heartbeat(stream)),
+            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
+                protocol: stream,
+                ..
+            }) => {
+                if matches!(self.outbound, Outbound::Requested) {
+                    // The first heartbeat goes out at once.
+                    self.outbound = Outbound::Sent {
+                        exchange: send_heartbeat(stream),
+                        at: Instant::now(),
+                    };
+                }
+            }
+            ConnectionEvent::DialUpgradeError(_) => {
+                if matches!(self.outbound, Outbound::Requested) {
+                    self.outbound = Outbound::Backoff { next: self.later() };
+                }
+            }
+            _ => {}
+        }
+    }
 }

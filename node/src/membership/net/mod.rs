@@ -9,26 +9,35 @@ mod keepalive;
 pub(crate) use driver::Driver;
 
 use libp2p::multiaddr::Protocol;
-use libp2p::{identity, Multiaddr, PeerId};
+use libp2p::{Multiaddr, PeerId};
 
 use super::identity::NodeId;
 use super::PeerAddr;
 
-/// The libp2p peer id of a node id (None if the bytes are not an ed25519 point).
+/// The libp2p peer id of a node id.
+///
+/// Built straight from the key bytes (an ed25519 peer id inlines the protobuf-encoded
+/// key in an identity multihash), so it costs no point decompression; node ids come from
+/// verified records, whose keys are valid points.
 pub(crate) fn node_to_peer(node: &NodeId) -> Option<PeerId> {
-    let key = identity::ed25519::PublicKey::try_from_bytes(node.as_bytes()).ok()?;
-    Some(identity::PublicKey::from(key).to_peer_id())
+    // protobuf PublicKey { Type = Ed25519 (field 1, value 1), Data (field 2, 32 bytes) }
+    let mut encoded = [0u8; 36];
+    encoded[..4].copy_from_slice(&[0x08, 0x01, 0x12, 0x20]);
+    encoded[4..].copy_from_slice(node.as_bytes());
+    let multihash = libp2p::multihash::Multihash::<64>::wrap(0, &encoded).ok()?;
+    PeerId::from_multihash(multihash).ok()
 }
 
-/// The node id inside an ed25519 peer id (None for other key types).
+/// The node id inside an ed25519 peer id (None for other key types). Read from the
+/// bytes like [`node_to_peer`] builds them, without decompressing the key.
 pub(crate) fn peer_to_node(peer: &PeerId) -> Option<NodeId> {
     let multihash: &libp2p::multihash::Multihash<64> = peer.as_ref();
     // Ed25519 peer ids inline the protobuf-encoded public key (identity multihash).
     if multihash.code() != 0 {
         return None;
     }
-    let key = identity::PublicKey::try_decode_protobuf(multihash.digest()).ok()?;
-    Some(NodeId::from_bytes(key.try_into_ed25519().ok()?.to_bytes()))
+    let key = multihash.digest().strip_prefix(&[0x08, 0x01, 0x12, 0x20])?;
+    Some(NodeId::from_bytes(key.try_into().ok()?))
 }
 
 /// Our address type as a multiaddr.
@@ -65,6 +74,7 @@ pub(crate) fn is_host_local(addr: &Multiaddr) -> bool {
 mod tests {
     use super::*;
     use crate::membership::NodeIdentity;
+    use libp2p::identity;
 
     #[test]
     fn node_ids_and_peer_ids_convert_both_ways() {

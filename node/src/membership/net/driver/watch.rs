@@ -4,11 +4,12 @@
 //! In the order it usually fires:
 //! 1. our *subjects* are our successors on the monitoring rings
 //!    ([`MonitorRings`]); we keep a connection to each (dialing the contact
-//!    addresses in its signed record) and libp2p ping runs on it;
+//!    addresses in its signed record) and send it a heartbeat every
+//!    `ping_interval`, which it echoes (see `keepalive`);
 //! 2. a subject's connection closes (its process died: the kernel resets its
 //!    sockets): we redial at once; if that fails or takes longer than
 //!    `probe_timeout`, it is down for us and we gossip a suspicion;
-//! 3. a subject stops answering pings for `ping_interval + ping_timeout` (a
+//! 3. a subject stops echoing heartbeats for `ping_interval + ping_timeout` (a
 //!    frozen host, a cut path): we gossip a suspicion at once and probe it with
 //!    a fresh dial, whose failure makes it down for us too;
 //! 4. every node that hears a suspicion and has no first-hand evidence to the
@@ -25,8 +26,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{ConnectionId, DialError};
-use libp2p::{ping, Multiaddr, PeerId};
+use libp2p::swarm::DialError;
+use libp2p::{Multiaddr, PeerId};
 
 use super::Driver;
 use crate::membership::identity::NodeId;
@@ -41,7 +42,7 @@ const SUBJECT_REDIAL: Duration = Duration::from_secs(2);
 /// converges every new record can change our ring successors; dialing each one
 /// at once would cost a handshake per change, most of them for connections
 /// released moments later.
-const SUBJECT_SETTLE: Duration = Duration::from_millis(500);
+const SUBJECT_SETTLE: Duration = Duration::from_millis(1500);
 /// First dials of a subject that may fail before we suspect it (it may not be
 /// listening yet, or its record may be ahead of its listener).
 const SUBJECT_DIAL_ATTEMPTS: u32 = 3;
@@ -107,6 +108,11 @@ impl WatchState {
         }
     }
 
+    /// Whether we watch `node` or it watches us.
+    pub(super) fn is_neighbour(&self, node: &NodeId) -> bool {
+        self.subjects.contains_key(node) || self.watchers.contains(node)
+    }
+
     pub(super) fn subject_count(&self) -> usize {
         self.subjects.len()
     }
@@ -143,14 +149,17 @@ impl Driver {
                 next_dial: now + SUBJECT_SETTLE,
             });
         }
-        let wanted = self
+        let subjects = self.watch.subjects.values().map(|s| s.peer).collect();
+        let watchers = self
             .watch
-            .subjects
-            .values()
-            .map(|s| s.peer)
-            .chain(self.watch.watchers.iter().filter_map(node_to_peer))
+            .watchers
+            .iter()
+            .filter_map(node_to_peer)
             .collect();
-        self.swarm.behaviour_mut().keep_alive.set_wanted(wanted);
+        self.swarm
+            .behaviour_mut()
+            .keep_alive
+            .set_neighbours(subjects, watchers);
     }
 
     /// Probe deadlines, silent subjects, and dials of subjects we are not connected to.
@@ -274,43 +283,19 @@ impl Driver {
         }
     }
 
-    pub(super) fn on_ping(
-        &mut self,
-        peer: PeerId,
-        connection: ConnectionId,
-        result: Result<Duration, ping::Failure>,
-    ) {
-        match (result, self.peers.get_mut(&peer)) {
-            (Ok(_), Some(state)) => {
-                let now = Instant::now();
-                state.last_pong = now;
-                let node = state.node;
-                self.table.heard_from(node, now);
-            }
-            (Err(failure), _) if self.health.degraded() => {
-                // Our own lateness can time a ping out; the next ping decides.
-                tracing::debug!(%peer, %failure, "ping failed while running late");
-                self.table.counters.verdicts_deferred += 1;
-            }
-            (Err(failure), state) => {
-                tracing::debug!(%peer, %failure, "ping failed: closing the connection");
-                // Closing a connection over a dead path can take many seconds (the
-                // muxer waits for its close to be acknowledged), so a subject's probe
-                // starts now, with a fresh dial, instead of at ConnectionClosed.
-                if let Some(state) = state {
-                    let (node, addrs) = (state.node, state.addrs.clone());
-                    self.on_subject_lost(peer, node, addrs);
-                }
-                self.swarm.close_connection(connection);
-            }
-            _ => {}
+    /// `peer` echoed our heartbeat: it is alive.
+    pub(super) fn on_heartbeat(&mut self, peer: PeerId) {
+        if let Some(state) = self.peers.get_mut(&peer) {
+            let now = Instant::now();
+            state.last_pong = now;
+            let node = state.node;
+            self.table.heard_from(node, now);
         }
     }
 
-    /// Subjects whose pings went unanswered for `ping_interval + ping_timeout` are
-    /// suspected at once and probed. (libp2p's ping forgives the first timeout and then
-    /// waits for a new substream's negotiation to time out, which takes 10 s on a dead
-    /// path; answered pings are the heartbeat we judge by instead.)
+    /// Subjects whose heartbeats went unanswered for `ping_interval + ping_timeout` are
+    /// suspected at once and probed (a dead path may take many seconds to close the
+    /// connection, so the time since the last echo is what we judge by).
     fn check_pings(&mut self, now: Instant) {
         let limit = self.timing.ping_interval + self.timing.ping_timeout;
         let silent: Vec<(PeerId, NodeId, Vec<Multiaddr>)> = self
@@ -325,7 +310,7 @@ impl Driver {
             })
             .collect();
         for (peer, node, addrs) in silent {
-            tracing::debug!(node = %node.short(), "pings unanswered: suspecting and probing");
+            tracing::debug!(node = %node.short(), "heartbeats unanswered: suspecting and probing");
             if let Some(seq) = self.table.raise_suspicion(node, now) {
                 self.table.counters.silences_detected += 1;
                 self.table.counters.suspicions_sent += 1;
@@ -359,7 +344,7 @@ impl Driver {
             return;
         };
         probe.deadline = Instant::now() + self.timing.probe_timeout;
-        // NotDialing, not Disconnected: after a ping failure the old connection may
+        // NotDialing, not Disconnected: after a silence the old connection may
         // still be closing while we need a fresh one.
         let opts = DialOpts::peer_id(probe.peer)
             .condition(PeerCondition::NotDialing)
