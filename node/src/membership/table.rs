@@ -57,7 +57,7 @@ impl Default for TableConfig {
 pub enum DownReason {
     /// It announced it was leaving (graceful shutdown).
     Left,
-    /// Our connection to it closed or stopped answering pings, and redialing it failed.
+    /// Our connection to it closed or stopped echoing heartbeats, and redialing it failed.
     Unreachable,
     /// Another node could not reach it and it did not refute within the suspicion timeout.
     Unrefuted,
