@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{gossipsub, noise, ping, request_response, tcp, yamux, Multiaddr, StreamProtocol};
+use libp2p::{gossipsub, noise, request_response, tcp, yamux, Multiaddr, StreamProtocol};
 use sha2::{Digest as _, Sha256};
 use slicenet_node::membership::message::{GossipMessage, SyncRequest};
 use slicenet_node::membership::{
@@ -104,8 +104,6 @@ impl request_response::Codec for RawCodec {
 
 #[derive(NetworkBehaviour)]
 struct Hostile {
-    // Nodes drop peers that do not answer pings, so the attacker answers them.
-    ping: ping::Behaviour,
     gossipsub: gossipsub::Behaviour,
     sync: request_response::Behaviour<RawCodec>,
 }
@@ -131,7 +129,6 @@ fn hostile_swarm(identity: &NodeIdentity) -> libp2p::Swarm<Hostile> {
                 .build()
                 .unwrap();
             Hostile {
-                ping: ping::Behaviour::default(),
                 gossipsub: gossipsub::Behaviour::new(
                     gossipsub::MessageAuthenticity::Anonymous,
                     config,
