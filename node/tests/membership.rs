@@ -221,18 +221,50 @@ impl CrashableNode {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crashed_node_is_detected_by_every_other_node() {
-    let mut first = start(0, loopback(), &[], Timing::default()).await;
+/// Two observers and a victim on its own runtime, all live members of each other.
+async fn two_observers_and_a_victim() -> (TestNode, TestNode, CrashableNode) {
+    let first = start(0, loopback(), &[], Timing::default()).await;
     let boot = first.membership.listen_addrs().to_vec();
-    let mut second = start(1, loopback(), &boot, Timing::default()).await;
-    let mut victim = tokio::task::spawn_blocking(move || start_crashable(2, &boot))
+    let second = start(1, loopback(), &boot, Timing::default()).await;
+    let victim = tokio::task::spawn_blocking(move || start_crashable(2, &boot))
         .await
         .unwrap();
     assert!(!victim.addrs.is_empty());
     let handles = [first.membership.handle(), second.membership.handle()];
     wait_for_live(&handles, 2, Duration::from_secs(20)).await;
+    (first, second, victim)
+}
 
+/// Waits until both observers report `victim` down (each within `deadline`), then
+/// checks that each counts one live member left, and shuts them down.
+async fn observers_see_it_down(
+    mut observers: [TestNode; 2],
+    victim: NodeId,
+    since: Instant,
+    deadline: Duration,
+    what: &str,
+) {
+    for node in &mut observers {
+        let event = wait_event(
+            &mut node.events,
+            deadline,
+            |e| matches!(e, MembershipEvent::PeerDown { node, .. } if *node == victim),
+        )
+        .await;
+        println!("{what} detected after {:?}: {event:?}", since.elapsed());
+    }
+    for node in &observers {
+        let status = node.membership.handle().status().await.unwrap();
+        assert_eq!(status.live_members, 1);
+    }
+    for node in observers {
+        node.membership.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_node_is_detected_by_every_other_node() {
+    let (first, second, mut victim) = two_observers_and_a_victim().await;
     let victim_id = victim.node_id;
     let crashed_at = Instant::now();
     tokio::task::spawn_blocking(move || {
@@ -241,36 +273,23 @@ async fn crashed_node_is_detected_by_every_other_node() {
     })
     .await
     .unwrap();
-    for node in [&mut first, &mut second] {
-        let event = wait_event(
-            &mut node.events,
-            Duration::from_secs(15),
-            |e| matches!(e, MembershipEvent::PeerDown { node, .. } if *node == victim_id),
-        )
-        .await;
-        println!("crash detected after {:?}: {event:?}", crashed_at.elapsed());
-    }
-    for h in &handles {
-        assert_eq!(h.status().await.unwrap().live_members, 1);
-    }
-    first.membership.shutdown().await;
-    second.membership.shutdown().await;
+    observers_see_it_down(
+        [first, second],
+        victim_id,
+        crashed_at,
+        Duration::from_secs(15),
+        "crash",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_node_is_declared_down_when_its_heartbeats_stop() {
-    let mut first = start(0, loopback(), &[], Timing::default()).await;
-    let boot = first.membership.listen_addrs().to_vec();
-    let mut second = start(1, loopback(), &boot, Timing::default()).await;
-    let mut victim = tokio::task::spawn_blocking(move || start_crashable(2, &boot))
-        .await
-        .unwrap();
-    let handles = [first.membership.handle(), second.membership.handle()];
-    wait_for_live(&handles, 2, Duration::from_secs(20)).await;
+    let (first, second, mut victim) = two_observers_and_a_victim().await;
     // Healthy subjects echo every heartbeat: several periods pass without a silence.
     tokio::time::sleep(Timing::default().ping_interval * 4).await;
-    for h in &handles {
-        let counters = h.status().await.unwrap().counters;
+    for node in [&first, &second] {
+        let counters = node.membership.handle().status().await.unwrap().counters;
         assert_eq!(counters.silences_detected, 0, "{counters:?}");
     }
 
@@ -278,23 +297,17 @@ async fn frozen_node_is_declared_down_when_its_heartbeats_stop() {
     let victim_id = victim.node_id;
     let frozen_at = Instant::now();
     victim.freeze(Duration::from_secs(12));
-    for node in [&mut first, &mut second] {
-        let event = wait_event(
-            &mut node.events,
-            Duration::from_secs(10),
-            |e| matches!(e, MembershipEvent::PeerDown { node, .. } if *node == victim_id),
-        )
-        .await;
-        println!("freeze detected after {:?}: {event:?}", frozen_at.elapsed());
-    }
-    for h in &handles {
-        assert_eq!(h.status().await.unwrap().live_members, 1);
-    }
+    observers_see_it_down(
+        [first, second],
+        victim_id,
+        frozen_at,
+        Duration::from_secs(10),
+        "freeze",
+    )
+    .await;
     tokio::task::spawn_blocking(move || victim.crash())
         .await
         .unwrap();
-    first.membership.shutdown().await;
-    second.membership.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
