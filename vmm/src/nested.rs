@@ -18,6 +18,16 @@ use std::time::{Duration, Instant};
 use crate::appliance::build::{elf_needed, CpioEntry, CpioWriter};
 use crate::appliance::Appliance;
 
+/// QEMU options for a VM with no devices or display of its own and its serial
+/// console on stdio (the nested host here; the QEMU rows of the VMM benchmark).
+pub const QEMU_HEADLESS_ARGS: [&str; 5] = [
+    "-nodefaults",
+    "-no-user-config",
+    "-nographic",
+    "-serial",
+    "stdio",
+];
+
 /// Why the nested host could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum NestedError {
@@ -309,13 +319,7 @@ impl NestedHost {
             .args(["-M", "q35", "-accel", "tcg", "-cpu", "max"])
             .args(["-m", &self.memory_mib.to_string()])
             .args(["-smp", &self.cpus.to_string()])
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-nographic",
-                "-serial",
-                "stdio",
-            ])
+            .args(QEMU_HEADLESS_ARGS)
             .arg("-kernel")
             .arg(&self.kernel)
             .arg("-initrd")

@@ -645,13 +645,7 @@ fn measure(
                             "-smp",
                             &m.vcpus.to_string(),
                         ])
-                        .args([
-                            "-nodefaults",
-                            "-no-user-config",
-                            "-nographic",
-                            "-serial",
-                            "stdio",
-                        ])
+                        .args(slicenet_vmm::nested::QEMU_HEADLESS_ARGS)
                         .arg("-kernel")
                         .arg(kernel)
                         .arg("-initrd")

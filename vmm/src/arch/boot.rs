@@ -149,15 +149,8 @@ pub fn load_linux(
     cmdline: &str,
     rsdp_addr: u64,
 ) -> Result<BootEntry, BootError> {
-    let kernel_name = kernel.display().to_string();
-    let mut file = File::open(kernel).map_err(|source| BootError::KernelFile {
-        path: kernel_name.clone(),
-        source,
-    })?;
-    let bad = |reason: String| BootError::BadKernel {
-        path: kernel_name.clone(),
-        reason,
-    };
+    let (mut file, kernel_name) = open_kernel(kernel)?;
+    let bad = bad_kernel(&kernel_name);
     let loaded = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
         .map_err(|e| bad(e.to_string()))?;
     let header = loaded
@@ -278,15 +271,8 @@ pub fn load_pvh(
     cmdline: &str,
     rsdp_addr: u64,
 ) -> Result<Option<BootEntry>, BootError> {
-    let kernel_name = vmlinux.display().to_string();
-    let mut file = File::open(vmlinux).map_err(|source| BootError::KernelFile {
-        path: kernel_name.clone(),
-        source,
-    })?;
-    let bad = |reason: String| BootError::BadKernel {
-        path: kernel_name.clone(),
-        reason,
-    };
+    let (mut file, kernel_name) = open_kernel(vmlinux)?;
+    let bad = bad_kernel(&kernel_name);
     // Segments go straight from the file into guest memory (no copy in the VMM's heap).
     let loaded = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|e| {
         bad(format!(
@@ -351,6 +337,24 @@ pub fn load_pvh(
         protocol: BootProtocol::Pvh,
         boot_info: PVH_INFO_ADDR,
     }))
+}
+
+/// Opens a kernel image; the error names the file. Returns the file and its name.
+fn open_kernel(path: &Path) -> Result<(File, String), BootError> {
+    let name = path.display().to_string();
+    let file = File::open(path).map_err(|source| BootError::KernelFile {
+        path: name.clone(),
+        source,
+    })?;
+    Ok((file, name))
+}
+
+/// Makes a "this kernel image is unusable" error naming the file.
+fn bad_kernel(name: &str) -> impl Fn(String) -> BootError + '_ {
+    move |reason| BootError::BadKernel {
+        path: name.to_owned(),
+        reason,
+    }
 }
 
 #[cfg(test)]
