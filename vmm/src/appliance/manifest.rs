@@ -301,17 +301,7 @@ impl Appliance {
     pub fn check_parts_present(&self) -> Result<(), ApplianceError> {
         for (part, spec) in self.parts() {
             let path = self.dir.join(&spec.path);
-            File::open(&path).map_err(|source| match source.kind() {
-                ErrorKind::NotFound => ApplianceError::PartMissing {
-                    part,
-                    path: path.clone(),
-                },
-                _ => ApplianceError::PartUnreadable {
-                    part,
-                    path: path.clone(),
-                    source,
-                },
-            })?;
+            File::open(&path).map_err(|source| part_io_error(part, &path, source))?;
         }
         Ok(())
     }
@@ -335,17 +325,7 @@ impl Appliance {
     fn verify_parts(&self, parts: &[(&'static str, &PartSpec)]) -> Result<(), ApplianceError> {
         for &(part, spec) in parts {
             let path = self.dir.join(&spec.path);
-            let actual = sha256_file(&path).map_err(|source| match source.kind() {
-                ErrorKind::NotFound => ApplianceError::PartMissing {
-                    part,
-                    path: path.clone(),
-                },
-                _ => ApplianceError::PartUnreadable {
-                    part,
-                    path: path.clone(),
-                    source,
-                },
-            })?;
+            let actual = sha256_file(&path).map_err(|source| part_io_error(part, &path, source))?;
             if actual != spec.sha256 {
                 return Err(ApplianceError::HashMismatch {
                     part,
@@ -416,6 +396,21 @@ impl Appliance {
             .enumerate()
             .map(|(i, nic)| nic.mac.unwrap_or_else(|| derive_mac(sliver_id, i)))
             .collect()
+    }
+}
+
+/// A part that could not be opened or read: missing, or unreadable for another reason.
+fn part_io_error(part: &'static str, path: &Path, source: std::io::Error) -> ApplianceError {
+    match source.kind() {
+        ErrorKind::NotFound => ApplianceError::PartMissing {
+            part,
+            path: path.to_path_buf(),
+        },
+        _ => ApplianceError::PartUnreadable {
+            part,
+            path: path.to_path_buf(),
+            source,
+        },
     }
 }
 
