@@ -5,7 +5,6 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use slicenet_vmm::bus::Bus;
 use slicenet_vmm::devices::legacy::PlatformRequest;
@@ -43,12 +42,7 @@ fn tiny_guest_writes_to_the_uart_and_powers_off_through_acpi() {
         .write_slice(GUEST, GuestAddress(0x1000))
         .unwrap();
     let log = tempfile::NamedTempFile::new().unwrap();
-    let output = ConsoleOutput::new(
-        Some(log.reopen().unwrap()),
-        false,
-        Default::default(),
-        Instant::now(),
-    );
+    let output = ConsoleOutput::to_log(log.reopen().unwrap());
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         EventFd::new(0).unwrap(),
         output,

@@ -91,6 +91,11 @@ impl ConsoleOutput {
         }
     }
 
+    /// Output to `log` only, timed from now (tests, and tools that just want a log).
+    pub fn to_log(log: File) -> ConsoleOutput {
+        ConsoleOutput::new(Some(log), false, ConsoleClients::default(), Instant::now())
+    }
+
     /// Holds all output back (nothing reaches the log, stdout or clients, and nothing is
     /// scanned) until [`ConsoleOutput::release`]: the guest may start while its appliance is
     /// still being verified, but nothing it says leaves the VMM before the check passes.
@@ -364,12 +369,7 @@ mod tests {
     ) {
         let log = tempfile::NamedTempFile::new().unwrap();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let output = ConsoleOutput::new(
-            Some(log.reopen().unwrap()),
-            false,
-            Default::default(),
-            Instant::now(),
-        );
+        let output = ConsoleOutput::to_log(log.reopen().unwrap());
         let events = output.events();
         (
             SerialDevice::new(irq.try_clone().unwrap(), output),
@@ -401,13 +401,7 @@ mod tests {
     #[test]
     fn held_output_leaves_only_when_released_and_never_when_discarded() {
         let log = tempfile::NamedTempFile::new().unwrap();
-        let output = ConsoleOutput::new(
-            Some(log.reopen().unwrap()),
-            false,
-            Default::default(),
-            Instant::now(),
-        )
-        .hold();
+        let output = ConsoleOutput::to_log(log.reopen().unwrap()).hold();
         let events = output.events();
         let mut dev = SerialDevice::new(EventFd::new(libc::EFD_NONBLOCK).unwrap(), output);
         for b in b"SLICENET-READY early\n" {
@@ -427,13 +421,7 @@ mod tests {
         assert_eq!(events.ready().unwrap().0, "early");
 
         let log = tempfile::NamedTempFile::new().unwrap();
-        let output = ConsoleOutput::new(
-            Some(log.reopen().unwrap()),
-            false,
-            Default::default(),
-            Instant::now(),
-        )
-        .hold();
+        let output = ConsoleOutput::to_log(log.reopen().unwrap()).hold();
         let mut dev = SerialDevice::new(EventFd::new(libc::EFD_NONBLOCK).unwrap(), output);
         for b in b"from a kernel that failed its check\n" {
             dev.write(THR, *b);
