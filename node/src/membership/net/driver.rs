@@ -379,6 +379,19 @@ impl Driver {
         }
     }
 
+    /// The contact addresses in `record` we can dial: loopback and wildcard addresses
+    /// name the advertiser's own host, so they only count when we listen on one too.
+    fn reachable_contacts(&self, record: &VerifiedNodeRecord) -> Vec<Multiaddr> {
+        let we_are_local = self.listen_addrs.iter().any(is_host_local);
+        record
+            .record()
+            .contacts
+            .iter()
+            .map(to_multiaddr)
+            .filter(|a| we_are_local || !is_host_local(a))
+            .collect()
+    }
+
     /// Keeps Kademlia's routing table in step with the signed records: a member's contact
     /// addresses go in when it comes up and it leaves when it goes down. (A routing table
     /// of fewer than 20 peers also makes Kademlia bootstrap again on every insertion.)
@@ -388,11 +401,8 @@ impl Driver {
                 let Some(peer) = node_to_peer(&record.node_id()) else {
                     return;
                 };
-                let we_are_local = self.listen_addrs.iter().any(is_host_local);
-                for addr in record.record().contacts.iter().map(to_multiaddr) {
-                    if we_are_local || !is_host_local(&addr) {
-                        self.swarm.behaviour_mut().kademlia.add_address(&peer, addr);
-                    }
+                for addr in self.reachable_contacts(record) {
+                    self.swarm.behaviour_mut().kademlia.add_address(&peer, addr);
                 }
             }
             MembershipEvent::PeerDown { node, .. } => {

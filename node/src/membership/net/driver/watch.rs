@@ -32,7 +32,7 @@ use libp2p::{Multiaddr, PeerId};
 use super::Driver;
 use crate::membership::identity::NodeId;
 use crate::membership::message::GossipMessage;
-use crate::membership::net::{is_host_local, node_to_peer, peer_to_node, to_multiaddr};
+use crate::membership::net::{node_to_peer, peer_to_node};
 use crate::membership::ring::MonitorRings;
 use crate::membership::table::MembershipEvent;
 
@@ -220,13 +220,11 @@ impl Driver {
     /// Where to dial `node`: the contacts in its signed record, then addresses we
     /// reached it at before.
     fn dial_addrs(&self, node: &NodeId, known: &[Multiaddr]) -> Vec<Multiaddr> {
-        let we_are_local = self.listen_addrs.iter().any(is_host_local);
         let mut addrs: Vec<Multiaddr> = self
             .table
             .record_of(node)
-            .map(|r| r.record().contacts.iter().map(to_multiaddr).collect())
+            .map(|r| self.reachable_contacts(r))
             .unwrap_or_default();
-        addrs.retain(|a| we_are_local || !is_host_local(a));
         for a in known {
             if !addrs.contains(a) {
                 addrs.push(a.clone());
