@@ -25,27 +25,40 @@ const RING_DOMAIN: &[u8] = b"slicenet membership ring\n";
 #[derive(Debug, Clone)]
 pub struct MonitorRings {
     local: NodeId,
+    /// Our own position on every ring.
+    local_positions: Vec<u64>,
     /// One map per ring: position -> node (ties are broken by the node id).
     rings: Vec<BTreeSet<(u64, NodeId)>>,
 }
 
-fn position(ring: usize, node: &NodeId) -> u64 {
-    let mut hash = Sha256::new();
-    hash.update(RING_DOMAIN);
-    hash.update([ring as u8]);
-    hash.update(node.as_bytes());
-    let digest = hash.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(first)
+/// Every ring's position of `node`: each SHA-256 digest of the node id yields the
+/// positions on four rings (one digest per node on the default four rings; this runs
+/// once per member that comes up, so at a thousand members it is worth keeping cheap).
+fn positions(count: usize, node: &NodeId) -> Vec<u64> {
+    let mut out = Vec::with_capacity(count);
+    for block in 0..count.div_ceil(4) {
+        let mut hash = Sha256::new();
+        hash.update(RING_DOMAIN);
+        hash.update([block as u8]);
+        hash.update(node.as_bytes());
+        let digest = hash.finalize();
+        for chunk in digest.chunks_exact(8).take(count - out.len()) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            out.push(u64::from_be_bytes(word));
+        }
+    }
+    out
 }
 
 impl MonitorRings {
     /// Rings with `count` (at least 1) rings, holding only `local`.
     pub fn new(local: NodeId, count: usize) -> Self {
+        let count = count.clamp(1, 64);
         let mut rings = Self {
             local,
-            rings: vec![BTreeSet::new(); count.clamp(1, 64)],
+            local_positions: positions(count, &local),
+            rings: vec![BTreeSet::new(); count],
         };
         rings.insert(local);
         rings
@@ -53,8 +66,9 @@ impl MonitorRings {
 
     /// Adds a live member (no-op if present).
     pub fn insert(&mut self, node: NodeId) {
-        for (r, ring) in self.rings.iter_mut().enumerate() {
-            ring.insert((position(r, &node), node));
+        let positions = positions(self.rings.len(), &node);
+        for (ring, position) in self.rings.iter_mut().zip(positions) {
+            ring.insert((position, node));
         }
     }
 
@@ -63,8 +77,9 @@ impl MonitorRings {
         if *node == self.local {
             return;
         }
-        for (r, ring) in self.rings.iter_mut().enumerate() {
-            ring.remove(&(position(r, node), *node));
+        let positions = positions(self.rings.len(), node);
+        for (ring, position) in self.rings.iter_mut().zip(positions) {
+            ring.remove(&(position, *node));
         }
     }
 
@@ -90,8 +105,8 @@ impl MonitorRings {
 
     fn neighbours(&self, successors: bool) -> Vec<NodeId> {
         let mut out: Vec<NodeId> = Vec::with_capacity(self.rings.len());
-        for (r, ring) in self.rings.iter().enumerate() {
-            let me = (position(r, &self.local), self.local);
+        for (ring, &position) in self.rings.iter().zip(&self.local_positions) {
+            let me = (position, self.local);
             let next = if successors {
                 ring.range((std::ops::Bound::Excluded(me), std::ops::Bound::Unbounded))
                     .next()
@@ -170,6 +185,20 @@ mod tests {
         // Everyone is watched, by at most k nodes.
         assert_eq!(watched_by.len(), all.len());
         assert!(watched_by.values().all(|&w| (1..=k).contains(&w)));
+    }
+
+    #[test]
+    fn positions_differ_per_ring_and_are_stable() {
+        let node = ids(1)[0];
+        let six = positions(6, &node);
+        assert_eq!(six.len(), 6);
+        assert_eq!(
+            positions(4, &node),
+            six[..4],
+            "the same positions whatever the count"
+        );
+        let distinct: HashSet<_> = six.iter().collect();
+        assert_eq!(distinct.len(), 6, "independent positions per ring");
     }
 
     #[test]
