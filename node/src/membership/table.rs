@@ -466,11 +466,12 @@ impl MemberTable {
         }
     }
 
-    /// First-hand evidence that `node` is alive (a ping answered): clears our suspicion of it.
-    pub fn heard_from(&mut self, node: NodeId, now: Instant) {
+    /// First-hand evidence that `node` was alive at `at` (a heartbeat answered): clears
+    /// our suspicion of it.
+    pub fn heard_from(&mut self, node: NodeId, at: Instant) {
         if let Some(entry) = self.entries.get_mut(&node) {
             if entry.state == MemberState::Up {
-                entry.last_heard = now;
+                entry.last_heard = entry.last_heard.max(at);
                 entry.refute_by = None;
             }
         }

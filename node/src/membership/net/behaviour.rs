@@ -111,7 +111,10 @@ impl Behaviour {
 
         Ok(Self {
             limits: connection_limits::Behaviour::new(connection_limits),
-            keep_alive: keepalive::Behaviour::new(timing.ping_interval),
+            keep_alive: keepalive::Behaviour::new(
+                timing.ping_interval,
+                timing.ping_interval + timing.ping_timeout,
+            ),
             identify,
             kademlia,
             gossipsub,

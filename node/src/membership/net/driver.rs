@@ -108,8 +108,6 @@ struct Peer {
     records: Bucket,
     /// Sync requests it may send us.
     syncs: Bucket,
-    /// Last heartbeat either way (or the connection's start).
-    last_pong: Instant,
     /// When the first connection to it was established.
     since: Instant,
 }
@@ -629,10 +627,8 @@ impl Driver {
             addrs: Vec::new(),
             records: Bucket::new(limits.gossip_per_peer_burst, now),
             syncs: Bucket::new(limits.syncs_per_peer_per_sec.max(1.0) * 2.0, now),
-            last_pong: now,
             since: now,
         });
-        entry.last_pong = now;
         if let Some(addr) = &dialed_addr {
             if !entry.addrs.contains(addr) && entry.addrs.len() < MAX_ADDRS_PER_PEER {
                 entry.addrs.push(addr.clone());
@@ -680,7 +676,10 @@ impl Driver {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 self.on_identified(peer_id, info)
             }
-            BehaviourEvent::KeepAlive(keepalive::Event { peer, .. }) => self.on_heartbeat(peer),
+            BehaviourEvent::KeepAlive(keepalive::Event::Answered { peer }) => {
+                self.on_heartbeat(peer)
+            }
+            BehaviourEvent::KeepAlive(keepalive::Event::Silent { peer }) => self.on_silent(peer),
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message_id,
@@ -710,14 +709,22 @@ impl Driver {
                                 .send_response(channel, response);
                         }
                     }
-                    request_response::Message::Response { response, .. } => {
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => {
+                        self.spread.exchange_done(request_id);
                         self.on_sync_response(peer, &response)
                     }
                 }
             }
             BehaviourEvent::Sync(request_response::Event::OutboundFailure {
-                peer, error, ..
+                peer,
+                error,
+                request_id,
+                ..
             }) => {
+                self.spread.exchange_done(request_id);
                 tracing::debug!(%peer, %error, "sync request failed");
             }
             BehaviourEvent::Kademlia(kad::Event::OutboundQueryProgressed {
@@ -780,7 +787,7 @@ impl Driver {
                 Err(Refusal::Stale | Refusal::TableFull | Refusal::KeyConflict) => Ignore,
                 Err(_) => Reject,
             },
-            Ok(GossipMessage::Suspect { node, seq }) => match self.table.suspect(node, seq, now) {
+            Ok(GossipMessage::Suspect { node, seq }) => match self.suspect_heard(node, seq, now) {
                 SuspicionOutcome::Forward => Accept,
                 SuspicionOutcome::Ignored => Ignore,
                 SuspicionOutcome::RefuteSelf => {

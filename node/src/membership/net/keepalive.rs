@@ -24,14 +24,18 @@
 //! The heartbeat (`/slicenet/heartbeat/1`) replaces libp2p's ping, which pings
 //! every connection in both directions: a watcher sends 8 bytes to each
 //! subject every `ping_interval` and the subject echoes them. So a node sends
-//! at most `watchers` heartbeats per period whatever its degree. Only the
-//! watcher hears of the echo (the subject's side reports nothing, which keeps
-//! the swarm's event load at one event per heartbeat). A missing echo is not
-//! judged here: the driver watches the time since the last echo (see
-//! `driver::watch`).
+//! at most `watchers` heartbeats per period whatever its degree. Healthy
+//! heartbeats raise no event at all: each handler keeps the time of the last
+//! echo where the driver can read it ([`Behaviour::last_echo`]), and reports
+//! only changes: a subject's first echo, a subject that stayed silent for the
+//! silence limit ([`Event::Silent`], repeated every period while it lasts), and
+//! its return. So at a thousand nodes per host the membership tasks are not
+//! woken several thousand times a second for news that nothing changed.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -64,19 +68,33 @@ pub struct Role {
     pub heartbeat: bool,
 }
 
-/// Evidence that a subject is alive: it echoed our heartbeat.
+/// A change in a subject's heartbeats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Event {
-    /// The subject.
-    pub peer: PeerId,
-    /// Time from sending the heartbeat to its echo.
-    pub rtt: Duration,
+pub enum Event {
+    /// The subject echoed its first heartbeat on a connection, or echoed again after
+    /// a silence.
+    Answered {
+        /// The subject.
+        peer: PeerId,
+    },
+    /// No echo for the silence limit (repeated every period while it lasts).
+    Silent {
+        /// The subject.
+        peer: PeerId,
+    },
 }
+
+/// When a peer last echoed a heartbeat, in microseconds after the behaviour's epoch
+/// (0: never); written by the connection handlers, read by the driver.
+type EchoClock = Arc<AtomicU64>;
 
 /// Holds connections to our subjects and watchers open, runs heartbeats to our
 /// subjects, and refuses dials to any other peer.
 pub struct Behaviour {
     interval: Duration,
+    silence_limit: Duration,
+    epoch: Instant,
+    echoes: HashMap<PeerId, EchoClock>,
     subjects: HashSet<PeerId>,
     watchers: HashSet<PeerId>,
     /// Dials to peers outside the set that were refused.
@@ -87,10 +105,14 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
-    /// A behaviour whose heartbeats go out every `interval`.
-    pub fn new(interval: Duration) -> Self {
+    /// A behaviour whose heartbeats go out every `interval` and that reports a subject
+    /// silent after `silence_limit` without an echo.
+    pub fn new(interval: Duration, silence_limit: Duration) -> Self {
         Self {
             interval,
+            silence_limit,
+            epoch: Instant::now(),
+            echoes: HashMap::new(),
             subjects: HashSet::new(),
             watchers: HashSet::new(),
             refused: 0,
@@ -119,6 +141,13 @@ impl Behaviour {
         }
     }
 
+    /// When `peer` last echoed one of our heartbeats, if it ever did on a connection
+    /// that is still open.
+    pub fn last_echo(&self, peer: &PeerId) -> Option<Instant> {
+        let micros = self.echoes.get(peer)?.load(Ordering::Relaxed);
+        (micros > 0).then(|| self.epoch + Duration::from_micros(micros))
+    }
+
     /// How many dials to peers outside the set were refused so far.
     pub fn refused_dials(&self) -> u64 {
         self.refused
@@ -127,7 +156,7 @@ impl Behaviour {
     fn role(&self, peer: &PeerId) -> Role {
         let heartbeat = self.subjects.contains(peer);
         Role {
-            keep_alive: heartbeat || self.watchers.contains(peer),
+            keep_alive: heartbeat || self.wanted(peer),
             heartbeat,
         }
     }
@@ -138,7 +167,13 @@ impl Behaviour {
 
     fn handler(&mut self, peer: PeerId, connection: ConnectionId) -> Handler {
         self.connections.entry(peer).or_default().insert(connection);
-        Handler::new(self.role(&peer), self.interval)
+        let clock = self.echoes.entry(peer).or_default().clone();
+        Handler::new(
+            self.role(&peer),
+            self.interval,
+            self.silence_limit,
+            (self.epoch, clock),
+        )
     }
 }
 
@@ -189,6 +224,7 @@ impl NetworkBehaviour for Behaviour {
                 set.remove(&closed.connection_id);
                 if set.is_empty() {
                     self.connections.remove(&closed.peer_id);
+                    self.echoes.remove(&closed.peer_id);
                 }
             }
         }
@@ -200,8 +236,10 @@ impl NetworkBehaviour for Behaviour {
         _: ConnectionId,
         event: THandlerOutEvent<Self>,
     ) {
-        let HandlerEvent::Answered(rtt) = event;
-        self.events.push_back(Event { peer, rtt });
+        self.events.push_back(match event {
+            HandlerEvent::Answered => Event::Answered { peer },
+            HandlerEvent::Silent => Event::Silent { peer },
+        });
     }
 
     fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
@@ -227,8 +265,10 @@ pub struct NotAContact(PeerId);
 /// What a connection's handler reports to the behaviour.
 #[derive(Debug)]
 pub enum HandlerEvent {
-    /// Our heartbeat was echoed after this long.
-    Answered(Duration),
+    /// The first echo on this connection, or the first after a silence.
+    Answered,
+    /// No echo for the silence limit.
+    Silent,
 }
 
 /// One heartbeat exchange on a stream; gives the stream back for the next one.
@@ -248,7 +288,7 @@ enum Outbound {
         next: Pin<Box<tokio::time::Sleep>>,
     },
     /// A heartbeat is out.
-    Sent { exchange: Exchange, at: Instant },
+    Sent { exchange: Exchange },
     /// The stream failed; a new one is requested after a period.
     Backoff { next: Pin<Box<tokio::time::Sleep>> },
 }
@@ -286,16 +326,35 @@ fn echo_heartbeat(mut stream: Stream) -> Exchange {
 pub struct Handler {
     role: Role,
     interval: Duration,
+    silence_limit: Duration,
+    /// The behaviour's epoch and where we record the time of each echo.
+    echo_clock: (Instant, EchoClock),
+    /// Fires when the subject has been silent too long (armed while we send heartbeats).
+    silence: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether we reported the subject silent and it has not answered since.
+    silent: bool,
+    /// Whether any echo arrived on this connection.
+    answered: bool,
     outbound: Outbound,
     /// The echo side: one stream from the peer at a time (a newer one replaces it).
     inbound: Option<Exchange>,
 }
 
 impl Handler {
-    fn new(role: Role, interval: Duration) -> Self {
+    fn new(
+        role: Role,
+        interval: Duration,
+        silence_limit: Duration,
+        echo_clock: (Instant, EchoClock),
+    ) -> Self {
         Self {
             role,
             interval,
+            silence_limit,
+            echo_clock,
+            silence: None,
+            silent: false,
+            answered: false,
             outbound: if role.heartbeat {
                 Outbound::Start
             } else {
@@ -307,6 +366,48 @@ impl Handler {
 
     fn later(&self) -> Pin<Box<tokio::time::Sleep>> {
         Box::pin(tokio::time::sleep(self.interval))
+    }
+
+    /// Starts judging silence (when we start sending heartbeats).
+    fn arm_silence(&mut self) {
+        if self.silence.is_none() {
+            self.silence = Some(Box::pin(tokio::time::sleep(self.silence_limit)));
+        }
+    }
+
+    /// An echo arrived: records it, re-arms the silence timer, and says whether the
+    /// behaviour must hear of it (the first echo, or the first after a silence).
+    fn on_echo(&mut self) -> bool {
+        let now = Instant::now();
+        let (epoch, clock) = &self.echo_clock;
+        let micros = now.duration_since(*epoch).as_micros().max(1) as u64;
+        clock.fetch_max(micros, Ordering::Relaxed);
+        if let Some(timer) = self.silence.as_mut() {
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(now + self.silence_limit));
+        }
+        let report = self.silent || !self.answered;
+        self.silent = false;
+        self.answered = true;
+        report
+    }
+
+    /// Whether the subject just went (or is still) silent: due once per silence limit,
+    /// then once per period while the silence lasts.
+    fn poll_silence(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(timer) = self.silence.as_mut() else {
+            return false;
+        };
+        if timer.poll_unpin(cx).is_pending() {
+            return false;
+        }
+        let next = tokio::time::Instant::now() + self.interval;
+        timer.as_mut().reset(next);
+        // Re-polled so that the new deadline wakes us.
+        let _ = timer.poll_unpin(cx);
+        self.silent = true;
+        true
     }
 }
 
@@ -327,6 +428,8 @@ impl ConnectionHandler for Handler {
             self.outbound = if role.heartbeat {
                 Outbound::Start
             } else {
+                self.silence = None;
+                self.silent = false;
                 Outbound::Off
             };
         }
@@ -357,10 +460,16 @@ impl ConnectionHandler for Handler {
                 Poll::Pending => break,
             }
         }
+        if self.role.heartbeat && self.poll_silence(cx) {
+            return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(
+                HandlerEvent::Silent,
+            ));
+        }
         loop {
             match &mut self.outbound {
                 Outbound::Off | Outbound::Requested => return Poll::Pending,
                 Outbound::Start => {
+                    self.arm_silence();
                     self.outbound = Outbound::Requested;
                     return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
                         protocol: SubstreamProtocol::new(ReadyUpgrade::new(HEARTBEAT_PROTOCOL), ()),
@@ -379,21 +488,21 @@ impl ConnectionHandler for Handler {
                         };
                         self.outbound = Outbound::Sent {
                             exchange: send_heartbeat(stream),
-                            at: Instant::now(),
                         };
                     }
                     Poll::Pending => return Poll::Pending,
                 },
-                Outbound::Sent { exchange, at } => match exchange.poll_unpin(cx) {
+                Outbound::Sent { exchange } => match exchange.poll_unpin(cx) {
                     Poll::Ready(Ok(stream)) => {
-                        let rtt = at.elapsed();
                         self.outbound = Outbound::Idle {
                             stream,
                             next: self.later(),
                         };
-                        return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(
-                            HandlerEvent::Answered(rtt),
-                        ));
+                        if self.on_echo() {
+                            return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(
+                                HandlerEvent::Answered,
+                            ));
+                        }
                     }
                     Poll::Ready(Err(_)) => {
                         self.outbound = Outbound::Backoff { next: self.later() };
@@ -421,7 +530,6 @@ impl ConnectionHandler for Handler {
                     // The first heartbeat goes out at once.
                     self.outbound = Outbound::Sent {
                         exchange: send_heartbeat(stream),
-                        at: Instant::now(),
                     };
                 }
             }

@@ -1,14 +1,19 @@
 //! Bulk dissemination of records over the sync protocol.
 //!
-//! Records travel in batches, never one gossip message per record per peer:
-//! - *pull*: a node sends its digest (node id and seq of every entry) to a
-//!   random connected peer, which answers with exactly the records the digest
-//!   lacks. Each record reaches each node once this way. A node pulls every
-//!   `sync_interval`, and every [`FAST_PULL`] while news keeps arriving;
-//! - *push*: news (a node that came up or changed), learned by sync, is
-//!   collected for [`PUSH_INTERVAL`] and pushed to [`PUSH_FANOUT`] random
-//!   peers, which push it on in turn; so news spreads epidemically in batches
-//!   while pulls fill whatever gaps pushes leave.
+//! Records travel in batches, never one gossip message per record per peer. A
+//! node runs one *exchange* per round with a random connected peer: its request
+//! carries the news it learned since its last exchange (push) and its digest
+//! (node id and seq of every entry), and the answer carries exactly the records
+//! the digest lacks (pull). So in every round each node both tells one peer
+//! what is new and fills its own gaps from it, and news spreads epidemically
+//! (push-pull rumour spreading: the informed set roughly triples per round while
+//! it is small, and the last uninformed nodes pull it). Each record reaches a
+//! node about twice at most: once pulled, at most once pushed. A round lasts
+//! [`FAST_ROUND`] while news keeps arriving and `sync_interval` otherwise.
+//!
+//! One request per round instead of separate pushes and pulls matters at scale:
+//! every request opens a stream, and at a thousand nodes per host the per-request
+//! work, not the records, was what the CPU spent its time on.
 //!
 //! Every sync request and response also carries the sender's own record, so
 //! two nodes that talk always know each other. Urgent news that must reach
@@ -18,6 +23,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use libp2p::request_response::OutboundRequestId;
 use libp2p::PeerId;
 use rand::seq::IteratorRandom as _;
 use rand::Rng as _;
@@ -28,25 +34,27 @@ use crate::membership::message::{SyncRequest, SyncResponse};
 use crate::membership::record::VerifiedNodeRecord;
 use crate::membership::table::MembershipEvent;
 
-/// News is collected this long before it is pushed, so it travels in batches.
-const PUSH_INTERVAL: Duration = Duration::from_millis(200);
-/// Peers each batch of news is pushed to.
-const PUSH_FANOUT: usize = 2;
-/// Pull period while news keeps arriving (a node joining, or many joining).
-const FAST_PULL: Duration = Duration::from_millis(300);
-/// How long after the last news pulls stay fast.
-const FAST_PULL_WINDOW: Duration = Duration::from_secs(2);
+/// Exchange period while news keeps arriving (a node joining, or many joining).
+const FAST_ROUND: Duration = Duration::from_millis(300);
+/// How long after the last news exchanges stay fast.
+const FAST_ROUND_WINDOW: Duration = Duration::from_secs(2);
+/// A node has one exchange of its own under way at a time: a peer that answers
+/// slowly (a bootstrap node that a thousand joiners exchange with) slows the rounds
+/// of its partners down instead of piling up requests whose answers overlap. An
+/// exchange unanswered this long no longer holds the next one back.
+const EXCHANGE_PATIENCE: Duration = Duration::from_secs(3);
 
 /// `period` give or take a fifth, so that nodes started together do not act in step.
 pub(super) fn jittered(period: Duration) -> Duration {
     period.mul_f64(rand::rng().random_range(0.8..1.2))
 }
 
-/// News waiting to be pushed, and when to push and pull next.
+/// News waiting to be pushed, and when the next exchange is due.
 pub(super) struct SpreadState {
     news: HashMap<NodeId, VerifiedNodeRecord>,
-    next_push: Instant,
-    next_pull: Instant,
+    next_exchange: Instant,
+    /// Our exchange under way, and when it was sent.
+    in_flight: Option<(OutboundRequestId, Instant)>,
     last_news: Option<Instant>,
 }
 
@@ -54,8 +62,8 @@ impl SpreadState {
     pub(super) fn new(now: Instant) -> Self {
         Self {
             news: HashMap::new(),
-            next_push: now,
-            next_pull: now + FAST_PULL,
+            next_exchange: now + FAST_ROUND,
+            in_flight: None,
             last_news: Some(now),
         }
     }
@@ -68,62 +76,59 @@ impl SpreadState {
         }
     }
 
-    fn pull_period(&self, now: Instant, steady: Duration) -> Duration {
+    /// Our exchange `request` was answered or failed.
+    pub(super) fn exchange_done(&mut self, request: OutboundRequestId) {
+        if self.in_flight.is_some_and(|(id, _)| id == request) {
+            self.in_flight = None;
+        }
+    }
+
+    fn round(&self, now: Instant, steady: Duration) -> Duration {
         let fast = self
             .last_news
-            .is_some_and(|t| now.duration_since(t) < FAST_PULL_WINDOW);
-        jittered(if fast { FAST_PULL } else { steady })
+            .is_some_and(|t| now.duration_since(t) < FAST_ROUND_WINDOW);
+        jittered(if fast { FAST_ROUND } else { steady })
     }
 }
 
 impl Driver {
-    /// A first connection to `peer`: pull from it if we hardly know anyone yet or the
-    /// connection is special (a bootstrap address, our way back from isolation).
+    /// A first connection to `peer`: exchange with it if we hardly know anyone yet or
+    /// the connection is special (a bootstrap address, our way back from isolation).
     pub(super) fn on_first_connection(&mut self, peer: PeerId, special: bool) {
         if special || self.table.live_count() < 2 {
-            self.send_pull(peer);
+            self.send_exchange(peer);
         }
     }
 
-    /// Pushes collected news and pulls from a random peer when due.
+    /// Runs an exchange with a random connected peer when one is due.
     pub(super) fn spread_tick(&mut self, now: Instant) {
-        if now >= self.spread.next_push && !self.spread.news.is_empty() {
-            self.spread.next_push = now + PUSH_INTERVAL;
-            self.push_news();
-        }
-        if now >= self.spread.next_pull {
-            self.spread.next_pull = now + self.spread.pull_period(now, self.timing.sync_interval);
-            let peer = self.peers.keys().choose(&mut rand::rng()).copied();
-            if let Some(peer) = peer {
-                self.send_pull(peer);
-            }
-        }
-    }
-
-    fn send_pull(&mut self, peer: PeerId) {
-        let request = SyncRequest::encode_pull(self.own.bytes(), self.table.digest());
-        self.table.counters.pulls_sent += 1;
-        self.swarm.behaviour_mut().sync.send_request(&peer, request);
-    }
-
-    fn push_news(&mut self) {
-        let news = std::mem::take(&mut self.spread.news);
-        let targets: Vec<PeerId> = self
-            .peers
-            .keys()
-            .copied()
-            .choose_multiple(&mut rand::rng(), PUSH_FANOUT);
-        if targets.is_empty() {
+        let waiting = self
+            .spread
+            .in_flight
+            .is_some_and(|(_, sent)| now.duration_since(sent) < EXCHANGE_PATIENCE);
+        if now < self.spread.next_exchange || waiting {
             return;
         }
-        let request = SyncRequest::encode_push(self.own.bytes(), news.values().map(|r| r.bytes()));
-        for peer in targets {
-            self.table.counters.records_pushed += news.len() as u64;
-            self.swarm
-                .behaviour_mut()
-                .sync
-                .send_request(&peer, request.clone());
+        self.spread.next_exchange = now + self.spread.round(now, self.timing.sync_interval);
+        let peer = self.peers.keys().choose(&mut rand::rng()).copied();
+        if let Some(peer) = peer {
+            self.send_exchange(peer);
         }
+    }
+
+    /// Sends `peer` our news and our digest; it answers with what the digest lacks.
+    fn send_exchange(&mut self, peer: PeerId) {
+        let news = std::mem::take(&mut self.spread.news);
+        let request = SyncRequest::encode(
+            true,
+            self.own.bytes(),
+            self.table.digest(),
+            news.values().map(|r| r.bytes()),
+        );
+        self.table.counters.pulls_sent += 1;
+        self.table.counters.records_pushed += news.len() as u64;
+        let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
+        self.spread.in_flight = Some((id, Instant::now()));
     }
 
     /// Answers a sync request: stores what it carries; a pull is answered with the

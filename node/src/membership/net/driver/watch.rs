@@ -34,7 +34,7 @@ use crate::membership::identity::NodeId;
 use crate::membership::message::GossipMessage;
 use crate::membership::net::{node_to_peer, peer_to_node};
 use crate::membership::ring::MonitorRings;
-use crate::membership::table::MembershipEvent;
+use crate::membership::table::{MembershipEvent, SuspicionOutcome};
 
 /// How long after a failed first dial of a subject we try again.
 const SUBJECT_REDIAL: Duration = Duration::from_secs(2);
@@ -180,9 +180,6 @@ impl Driver {
                 self.probe_failed(node);
             }
         }
-        if !degraded {
-            self.check_pings(now);
-        }
         let to_dial: Vec<NodeId> = self
             .watch
             .subjects
@@ -281,43 +278,61 @@ impl Driver {
         }
     }
 
-    /// `peer` echoed our heartbeat: it is alive.
+    /// `peer` echoed our heartbeat for the first time on a connection, or again after a
+    /// silence: it is alive.
     pub(super) fn on_heartbeat(&mut self, peer: PeerId) {
-        if let Some(state) = self.peers.get_mut(&peer) {
-            let now = Instant::now();
-            state.last_pong = now;
-            let node = state.node;
-            self.table.heard_from(node, now);
+        if let Some(node) = self.peers.get(&peer).map(|p| p.node) {
+            self.table.heard_from(node, Instant::now());
         }
     }
 
-    /// Subjects whose heartbeats went unanswered for `ping_interval + ping_timeout` are
-    /// suspected at once and probed (a dead path may take many seconds to close the
-    /// connection, so the time since the last echo is what we judge by).
-    fn check_pings(&mut self, now: Instant) {
-        let limit = self.timing.ping_interval + self.timing.ping_timeout;
-        let silent: Vec<(PeerId, NodeId, Vec<Multiaddr>)> = self
-            .watch
-            .subjects
-            .iter()
-            .filter(|(node, _)| !self.watch.probes.contains_key(node))
-            .filter_map(|(node, s)| {
-                let state = self.peers.get(&s.peer)?;
-                (now.duration_since(state.last_pong) > limit && self.table.is_up(node))
-                    .then(|| (s.peer, *node, state.addrs.clone()))
-            })
-            .collect();
-        for (peer, node, addrs) in silent {
-            tracing::debug!(node = %node.short(), "heartbeats unanswered: suspecting and probing");
-            if let Some(seq) = self.table.raise_suspicion(node, now) {
-                self.table.counters.silences_detected += 1;
-                self.table.counters.suspicions_sent += 1;
-                self.publish(GossipMessage::Suspect { node, seq }.to_bytes());
-            }
-            // Disconnect first: it aborts pending dials, and the probe's must survive.
-            let _ = self.swarm.disconnect_peer_id(peer);
-            self.start_probe(peer, node, addrs);
+    /// A suspicion of `node` heard from others. If `node` is our subject and echoed a
+    /// heartbeat lately, that first-hand evidence goes to the table first (healthy
+    /// heartbeats raise no events, so the table learns of them only when it matters).
+    pub(super) fn suspect_heard(
+        &mut self,
+        node: NodeId,
+        seq: u64,
+        now: Instant,
+    ) -> SuspicionOutcome {
+        let echo =
+            node_to_peer(&node).and_then(|peer| self.swarm.behaviour().keep_alive.last_echo(&peer));
+        let fresh = self.timing.ping_interval + self.timing.ping_timeout;
+        if let Some(at) = echo.filter(|at| now.saturating_duration_since(*at) < fresh) {
+            self.table.heard_from(node, at);
         }
+        self.table.suspect(node, seq, now)
+    }
+
+    /// Our subject `peer` echoed no heartbeat for `ping_interval + ping_timeout` (a
+    /// frozen host, a cut path; a dead path may take many seconds to close the
+    /// connection): we gossip a suspicion at once and probe it. The keep-alive
+    /// behaviour repeats this every period while the silence lasts, so a verdict held
+    /// back while we ran late is taken once we caught up.
+    pub(super) fn on_silent(&mut self, peer: PeerId) {
+        if self.health.degraded() {
+            self.table.counters.verdicts_deferred += 1;
+            return;
+        }
+        let Some(state) = self.peers.get(&peer) else {
+            return;
+        };
+        let (node, addrs) = (state.node, state.addrs.clone());
+        if !self.watch.subjects.contains_key(&node)
+            || self.watch.probes.contains_key(&node)
+            || !self.table.is_up(&node)
+        {
+            return;
+        }
+        tracing::debug!(node = %node.short(), "heartbeats unanswered: suspecting and probing");
+        if let Some(seq) = self.table.raise_suspicion(node, Instant::now()) {
+            self.table.counters.silences_detected += 1;
+            self.table.counters.suspicions_sent += 1;
+            self.publish(GossipMessage::Suspect { node, seq }.to_bytes());
+        }
+        // Disconnect first: it aborts pending dials, and the probe's must survive.
+        let _ = self.swarm.disconnect_peer_id(peer);
+        self.start_probe(peer, node, addrs);
     }
 
     fn start_probe(&mut self, peer: PeerId, node: NodeId, addrs: Vec<Multiaddr>) {
