@@ -35,9 +35,9 @@ use crate::membership::record::VerifiedNodeRecord;
 use crate::membership::table::MembershipEvent;
 
 /// Exchange period while news keeps arriving (a node joining, or many joining).
-const FAST_ROUND: Duration = Duration::from_millis(300);
+const FAST_ROUND: Duration = Duration::from_millis(200);
 /// How long after the last news exchanges stay fast.
-const FAST_ROUND_WINDOW: Duration = Duration::from_secs(2);
+const FAST_ROUND_WINDOW: Duration = Duration::from_secs(6);
 /// A node has one exchange of its own under way at a time: a peer that answers
 /// slowly (a bootstrap node that a thousand joiners exchange with) slows the rounds
 /// of its partners down instead of piling up requests whose answers overlap. An
@@ -74,6 +74,14 @@ impl SpreadState {
             self.news.insert(record.node_id(), record.clone());
             self.last_news = Some(now);
         }
+    }
+
+    /// A peer pushed us news (new to us or not): records are still spreading somewhere,
+    /// so our rounds stay fast. A node that misses one last record hears no news of its
+    /// own, but as long as others are still pushing it keeps pulling every round
+    /// instead of every `sync_interval`.
+    pub(super) fn note_activity(&mut self, now: Instant) {
+        self.last_news = Some(now);
     }
 
     /// Our exchange `request` was answered or failed.
@@ -147,6 +155,9 @@ impl Driver {
             self.table.counters.dropped_malformed += 1;
             return None;
         };
+        if !request.pushed.is_empty() {
+            self.spread.note_activity(now);
+        }
         // The requester's own record must be signed by the requester itself.
         let _ = self.offer(request.own_record, Some(node), Via::Sync);
         let (rate, burst) = (
