@@ -107,8 +107,8 @@ pub struct Timing {
     /// Members with no connection and no new record for this long are declared down
     /// (a backstop: watchers normally notice a failure within seconds).
     pub record_ttl: Duration,
-    /// How often a node pulls missing records from a random connected peer once
-    /// nothing new is arriving (it pulls every 300 ms while news keeps coming).
+    /// How often a node exchanges records with a random connected peer once nothing
+    /// new is arriving (every 200 ms while news keeps coming, see `driver::spread`).
     pub sync_interval: Duration,
     /// Gossipsub heartbeat (mesh maintenance) period.
     pub gossip_heartbeat: Duration,
