@@ -7,9 +7,10 @@
 //! the digest lacks (pull). So in every round each node both tells one peer
 //! what is new and fills its own gaps from it, and news spreads epidemically
 //! (push-pull rumour spreading: the informed set roughly triples per round while
-//! it is small, and the last uninformed nodes pull it). Each record reaches a
-//! node about twice at most: once pulled, at most once pushed. A round lasts
-//! [`FAST_ROUND`] while news keeps arriving and `sync_interval` otherwise.
+//! it is small, and the last uninformed nodes pull it). A pull never returns a
+//! record the digest holds, so duplicates come from pushes: about one per record
+//! per node at 1,000 nodes. A round lasts [`FAST_ROUND`] while news keeps
+//! arriving and `sync_interval` otherwise.
 //!
 //! One request per round instead of separate pushes and pulls matters at scale:
 //! every request opens a stream, and at a thousand nodes per host the per-request
