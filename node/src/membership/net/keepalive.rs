@@ -154,10 +154,9 @@ impl Behaviour {
     }
 
     fn role(&self, peer: &PeerId) -> Role {
-        let heartbeat = self.subjects.contains(peer);
         Role {
-            keep_alive: heartbeat || self.wanted(peer),
-            heartbeat,
+            keep_alive: self.wanted(peer),
+            heartbeat: self.subjects.contains(peer),
         }
     }
 
