@@ -371,6 +371,8 @@ fn run_slicenet(n: usize, shared: bool, detect: bool, limit: Duration) -> anyhow
         checks += status.counters.signatures_verified;
         let c = status.counters;
         totals.suspicions_sent += c.suspicions_sent;
+        totals.silences_detected += c.silences_detected;
+        totals.events_dropped += c.events_dropped;
         totals.refutations_sent += c.refutations_sent;
         totals.verdicts_deferred += c.verdicts_deferred;
         totals.dials_refused += c.dials_refused;
@@ -383,7 +385,7 @@ fn run_slicenet(n: usize, shared: bool, detect: bool, limit: Duration) -> anyhow
         }
     }
     eprintln!(
-        "  per node: {:.1} connections, {:.1} subjects, {:.1} signature checks, {:.1} pulls, {:.1} records pushed, {:.1} duplicates, {:.1} dials refused, {:.1} connections opened; {} suspicions, {} refutations, {} deferred verdicts in total; {incomplete} tables incomplete, {unanswered} nodes did not answer within 5 s",
+        "  per node: {:.1} connections, {:.1} subjects, {:.1} signature checks, {:.1} pulls, {:.1} records pushed, {:.1} duplicates, {:.1} dials refused, {:.1} connections opened; {} suspicions ({} silences, {} events dropped), {} refutations, {} deferred verdicts in total; {incomplete} tables incomplete, {unanswered} nodes did not answer within 30 s",
         connections as f64 / n as f64,
         subjects as f64 / n as f64,
         checks as f64 / n as f64,
@@ -393,6 +395,8 @@ fn run_slicenet(n: usize, shared: bool, detect: bool, limit: Duration) -> anyhow
         totals.dials_refused as f64 / n as f64,
         totals.connections_opened as f64 / n as f64,
         totals.suspicions_sent,
+        totals.silences_detected,
+        totals.events_dropped,
         totals.refutations_sent,
         totals.verdicts_deferred,
     );

@@ -46,6 +46,11 @@ impl LocalHealth {
         self.last_update = Some(now);
     }
 
+    /// How late we have been running lately (the decaying maximum).
+    pub fn lag(&self) -> Duration {
+        Duration::from_secs_f64(self.lag)
+    }
+
     /// Whether we are too late to trust our own timeouts.
     pub fn degraded(&self) -> bool {
         self.lag > DEGRADED_LAG.as_secs_f64()

@@ -531,6 +531,10 @@ impl Driver {
 
     fn on_tick(&mut self, now: Instant) {
         self.health.tick(now, TICK);
+        self.swarm
+            .behaviour()
+            .keep_alive
+            .set_own_lag(self.health.lag());
         let degraded = self.health.degraded();
         self.watch_tick(now, degraded);
         let events = self.table.tick(now, degraded);

@@ -21,7 +21,7 @@
 //! here: [`libp2p::connection_limits`] caps those.
 
 //!
-//! The heartbeat (`/slicenet/heartbeat/1`) replaces libp2p's ping, which pings
+//! The heartbeat (`/slicenet/heartbeat/2`) replaces libp2p's ping, which pings
 //! every connection in both directions: a watcher sends 8 bytes to each
 //! subject every `ping_interval` and the subject echoes them. So a node sends
 //! at most `watchers` heartbeats per period whatever its degree. Healthy
@@ -31,10 +31,20 @@
 //! silence limit ([`Event::Silent`], repeated every period while it lasts), and
 //! its return. So at a thousand nodes per host the membership tasks are not
 //! woken several thousand times a second for news that nothing changed.
+//!
+//! Each echo also carries how late the subject's own event loop runs (see
+//! [`crate::membership::health`]), and the watcher allows that subject twice as
+//! much extra silence, at most [`MAX_SLACK`]. An overloaded host answers late but
+//! answers; without the slack its watchers suspect it, and the suspicion and its
+//! refutation are two floods through the whole overlay, which load every node
+//! further (Lifeguard, Dadgar et al. 2018, makes the same point for the prober's
+//! own health; this is the subject's side). A subject that was punctual before it
+//! froze is judged on the plain limit; a subject can delay only its own
+//! detection, and by at most [`MAX_SLACK`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -53,9 +63,15 @@ use libp2p::swarm::{
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 
 /// Heartbeat protocol name.
-pub const HEARTBEAT_PROTOCOL: StreamProtocol = StreamProtocol::new("/slicenet/heartbeat/1");
-/// Bytes in one heartbeat (echoed unchanged).
+pub const HEARTBEAT_PROTOCOL: StreamProtocol = StreamProtocol::new("/slicenet/heartbeat/2");
+/// Bytes in one heartbeat (echoed unchanged, followed by the subject's lateness).
 const HEARTBEAT_LEN: usize = 8;
+/// Bytes of lateness (milliseconds, big-endian) after the echo.
+const LAG_LEN: usize = 2;
+/// Extra silence allowed per unit of lateness the subject reported.
+const SLACK_PER_LAG: u32 = 2;
+/// Most extra silence a subject's reported lateness earns it.
+pub const MAX_SLACK: Duration = Duration::from_millis(1500);
 /// Most heartbeats echoed in one poll of a connection's handler.
 const MAX_ECHOES_PER_POLL: usize = 4;
 
@@ -88,6 +104,15 @@ pub enum Event {
 /// (0: never); written by the connection handlers, read by the driver.
 type EchoClock = Arc<AtomicU64>;
 
+/// How late our own event loop runs, in milliseconds; written by the driver, sent
+/// with every echo by the connection handlers.
+type LagGauge = Arc<AtomicU32>;
+
+/// Extra silence a subject that reported `lag` is allowed.
+fn slack_for(lag: Duration) -> Duration {
+    (lag * SLACK_PER_LAG).min(MAX_SLACK)
+}
+
 /// Holds connections to our subjects and watchers open, runs heartbeats to our
 /// subjects, and refuses dials to any other peer.
 pub struct Behaviour {
@@ -95,6 +120,7 @@ pub struct Behaviour {
     silence_limit: Duration,
     epoch: Instant,
     echoes: HashMap<PeerId, EchoClock>,
+    own_lag: LagGauge,
     subjects: HashSet<PeerId>,
     watchers: HashSet<PeerId>,
     /// Dials to peers outside the set that were refused.
@@ -113,6 +139,7 @@ impl Behaviour {
             silence_limit,
             epoch: Instant::now(),
             echoes: HashMap::new(),
+            own_lag: LagGauge::default(),
             subjects: HashSet::new(),
             watchers: HashSet::new(),
             refused: 0,
@@ -139,6 +166,12 @@ impl Behaviour {
                 }
             }
         }
+    }
+
+    /// Records how late our own event loop runs; our echoes tell our watchers.
+    pub fn set_own_lag(&self, lag: Duration) {
+        let millis = u32::try_from(lag.as_millis()).unwrap_or(u32::MAX);
+        self.own_lag.store(millis, Ordering::Relaxed);
     }
 
     /// When `peer` last echoed one of our heartbeats, if it ever did on a connection
@@ -172,6 +205,7 @@ impl Behaviour {
             self.interval,
             self.silence_limit,
             (self.epoch, clock),
+            self.own_lag.clone(),
         )
     }
 }
@@ -270,8 +304,11 @@ pub enum HandlerEvent {
     Silent,
 }
 
-/// One heartbeat exchange on a stream; gives the stream back for the next one.
-type Exchange = BoxFuture<'static, std::io::Result<Stream>>;
+/// Echoing one heartbeat on a stream; gives the stream back for the next one.
+type Echo = BoxFuture<'static, std::io::Result<Stream>>;
+/// One heartbeat sent and answered; gives back the stream and the lateness the
+/// subject reported.
+type Beat = BoxFuture<'static, std::io::Result<(Stream, Duration)>>;
 
 /// The sending side of the heartbeat on one connection.
 enum Outbound {
@@ -287,34 +324,54 @@ enum Outbound {
         next: Pin<Box<tokio::time::Sleep>>,
     },
     /// A heartbeat is out.
-    Sent { exchange: Exchange },
+    Sent { exchange: Beat },
     /// The stream failed; a new one is requested after a period.
     Backoff { next: Pin<Box<tokio::time::Sleep>> },
 }
 
-fn send_heartbeat(mut stream: Stream) -> Exchange {
+fn send_heartbeat(mut stream: Stream) -> Beat {
     async move {
         let payload: [u8; HEARTBEAT_LEN] = rand::random();
         stream.write_all(&payload).await?;
         stream.flush().await?;
-        let mut echo = [0u8; HEARTBEAT_LEN];
-        stream.read_exact(&mut echo).await?;
-        if echo != payload {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "heartbeat echo does not match",
-            ));
-        }
-        Ok(stream)
+        let mut answer = [0u8; HEARTBEAT_LEN + LAG_LEN];
+        stream.read_exact(&mut answer).await?;
+        let lag = parse_answer(&payload, &answer)?;
+        Ok((stream, lag))
     }
     .boxed()
 }
 
-fn echo_heartbeat(mut stream: Stream) -> Exchange {
+/// The answer to `payload`: the payload echoed, then our lateness.
+fn encode_answer(payload: &[u8; HEARTBEAT_LEN], lag_ms: u32) -> [u8; HEARTBEAT_LEN + LAG_LEN] {
+    let mut answer = [0u8; HEARTBEAT_LEN + LAG_LEN];
+    answer[..HEARTBEAT_LEN].copy_from_slice(payload);
+    let lag = u16::try_from(lag_ms).unwrap_or(u16::MAX);
+    answer[HEARTBEAT_LEN..].copy_from_slice(&lag.to_be_bytes());
+    answer
+}
+
+/// The lateness in an answer to `payload`; an error if the echo does not match.
+fn parse_answer(
+    payload: &[u8; HEARTBEAT_LEN],
+    answer: &[u8; HEARTBEAT_LEN + LAG_LEN],
+) -> std::io::Result<Duration> {
+    if answer[..HEARTBEAT_LEN] != payload[..] {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "heartbeat echo does not match",
+        ));
+    }
+    let lag = u16::from_be_bytes([answer[HEARTBEAT_LEN], answer[HEARTBEAT_LEN + 1]]);
+    Ok(Duration::from_millis(u64::from(lag)))
+}
+
+fn echo_heartbeat(mut stream: Stream, own_lag: LagGauge) -> Echo {
     async move {
         let mut payload = [0u8; HEARTBEAT_LEN];
         stream.read_exact(&mut payload).await?;
-        stream.write_all(&payload).await?;
+        let answer = encode_answer(&payload, own_lag.load(Ordering::Relaxed));
+        stream.write_all(&answer).await?;
         stream.flush().await?;
         Ok(stream)
     }
@@ -328,6 +385,10 @@ pub struct Handler {
     silence_limit: Duration,
     /// The behaviour's epoch and where we record the time of each echo.
     echo_clock: (Instant, EchoClock),
+    /// Our own lateness, sent with every echo.
+    own_lag: LagGauge,
+    /// Extra silence the subject earned by the lateness it reported last.
+    slack: Duration,
     /// Fires when the subject has been silent too long (armed while we send heartbeats).
     silence: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Whether we reported the subject silent and it has not answered since.
@@ -336,7 +397,7 @@ pub struct Handler {
     answered: bool,
     outbound: Outbound,
     /// The echo side: one stream from the peer at a time (a newer one replaces it).
-    inbound: Option<Exchange>,
+    inbound: Option<Echo>,
 }
 
 impl Handler {
@@ -345,12 +406,15 @@ impl Handler {
         interval: Duration,
         silence_limit: Duration,
         echo_clock: (Instant, EchoClock),
+        own_lag: LagGauge,
     ) -> Self {
         Self {
             role,
             interval,
             silence_limit,
             echo_clock,
+            own_lag,
+            slack: Duration::ZERO,
             silence: None,
             silent: false,
             answered: false,
@@ -374,17 +438,19 @@ impl Handler {
         }
     }
 
-    /// An echo arrived: records it, re-arms the silence timer, and says whether the
-    /// behaviour must hear of it (the first echo, or the first after a silence).
-    fn on_echo(&mut self) -> bool {
+    /// An echo arrived, with the subject's lateness: records it, re-arms the silence
+    /// timer, and says whether the behaviour must hear of it (the first echo, or the
+    /// first after a silence).
+    fn on_echo(&mut self, lag: Duration) -> bool {
         let now = Instant::now();
+        self.slack = slack_for(lag);
         let (epoch, clock) = &self.echo_clock;
         let micros = now.duration_since(*epoch).as_micros().max(1) as u64;
         clock.fetch_max(micros, Ordering::Relaxed);
         if let Some(timer) = self.silence.as_mut() {
-            timer
-                .as_mut()
-                .reset(tokio::time::Instant::from_std(now + self.silence_limit));
+            timer.as_mut().reset(tokio::time::Instant::from_std(
+                now + self.silence_limit + self.slack,
+            ));
         }
         let report = self.silent || !self.answered;
         self.silent = false;
@@ -454,7 +520,9 @@ impl ConnectionHandler for Handler {
                 break;
             }
             match exchange.poll_unpin(cx) {
-                Poll::Ready(Ok(stream)) => self.inbound = Some(echo_heartbeat(stream)),
+                Poll::Ready(Ok(stream)) => {
+                    self.inbound = Some(echo_heartbeat(stream, self.own_lag.clone()))
+                }
                 Poll::Ready(Err(_)) => self.inbound = None,
                 Poll::Pending => break,
             }
@@ -492,12 +560,12 @@ impl ConnectionHandler for Handler {
                     Poll::Pending => return Poll::Pending,
                 },
                 Outbound::Sent { exchange } => match exchange.poll_unpin(cx) {
-                    Poll::Ready(Ok(stream)) => {
+                    Poll::Ready(Ok((stream, lag))) => {
                         self.outbound = Outbound::Idle {
                             stream,
                             next: self.later(),
                         };
-                        if self.on_echo() {
+                        if self.on_echo(lag) {
                             return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(
                                 HandlerEvent::Answered,
                             ));
@@ -520,7 +588,7 @@ impl ConnectionHandler for Handler {
             ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
                 protocol: stream,
                 ..
-            }) => self.inbound = Some(echo_heartbeat(stream)),
+            }) => self.inbound = Some(echo_heartbeat(stream, self.own_lag.clone())),
             ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
                 protocol: stream,
                 ..
@@ -539,5 +607,41 @@ impl ConnectionHandler for Handler {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_carry_the_echo_and_the_lateness() {
+        let payload = [7u8; HEARTBEAT_LEN];
+        let answer = encode_answer(&payload, 640);
+        assert_eq!(
+            parse_answer(&payload, &answer).unwrap(),
+            Duration::from_millis(640)
+        );
+        let saturated = encode_answer(&payload, u32::MAX);
+        assert_eq!(
+            parse_answer(&payload, &saturated).unwrap(),
+            Duration::from_millis(u64::from(u16::MAX))
+        );
+        let mut forged = answer;
+        forged[0] ^= 1;
+        assert!(
+            parse_answer(&payload, &forged).is_err(),
+            "a wrong echo is an error"
+        );
+    }
+
+    #[test]
+    fn slack_doubles_the_reported_lateness_up_to_a_cap() {
+        assert_eq!(slack_for(Duration::ZERO), Duration::ZERO);
+        assert_eq!(
+            slack_for(Duration::from_millis(300)),
+            Duration::from_millis(600)
+        );
+        assert_eq!(slack_for(Duration::from_secs(60)), MAX_SLACK);
     }
 }
