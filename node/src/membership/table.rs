@@ -231,6 +231,13 @@ impl MemberTable {
             RecordError::Oversized { .. } => Refusal::Oversized,
             e => Refusal::Malformed(e),
         })?;
+        // A copy of a record we hold (most records pushed to a converging node are)
+        // is recognised by its bytes alone, before any field is parsed.
+        let claimed = packet.node_id();
+        let held = self.entries.get(&claimed).map(|e| e.record.bytes());
+        if held == Some(bytes) && bound_to.is_none_or(|expected| expected == claimed) {
+            return Ok(Accepted::Duplicate);
+        }
         let record = NodeRecord::parse(&packet).map_err(Refusal::Malformed)?;
         if let Some(expected) = bound_to {
             if record.node_id != expected {
@@ -651,6 +658,27 @@ mod tests {
 
     fn table() -> MemberTable {
         MemberTable::new(NodeIdentity::generate().node_id(), TableConfig::default())
+    }
+
+    #[test]
+    fn a_held_copy_is_a_duplicate_only_from_where_it_may_come() {
+        let mut t = table();
+        let now = Instant::now();
+        let (owner, other) = (NodeIdentity::generate(), NodeIdentity::generate());
+        let record = signed(&owner, 1, 1);
+        assert!(matches!(
+            t.offer(&record, None, now, WALL),
+            Ok(Accepted::Stored(_))
+        ));
+        assert!(matches!(
+            t.offer(&record, Some(other.node_id()), now, WALL),
+            Err(Refusal::WrongBinding { .. })
+        ));
+        assert_eq!(
+            t.offer(&record, Some(owner.node_id()), now, WALL),
+            Ok(Accepted::Duplicate)
+        );
+        assert_eq!(t.offer(&record, None, now, WALL), Ok(Accepted::Duplicate));
     }
 
     #[test]

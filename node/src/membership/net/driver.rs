@@ -47,6 +47,12 @@ use crate::membership::{
 
 /// Timer period: the resolution of probe and suspicion deadlines.
 const TICK: Duration = Duration::from_millis(100);
+/// How long a connection may take to open (dial, handshake, multiplexer). Probes
+/// judge their own dials by `probe_timeout` and need no shorter limit here; a
+/// joiner's dial to a bootstrap node that hundreds of others join through at the
+/// same moment does: with 1 s, under such a storm, a quarter of 1,000 joiners
+/// failed to reach their bootstrap node for 10-20 s.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a node without connections redials its bootstrap addresses.
 const BOOTSTRAP_RETRY: Duration = Duration::from_secs(2);
 /// Most gossip messages waiting for a subscriber before the oldest is dropped.
@@ -230,7 +236,7 @@ impl Driver {
             // Connections failure detection relies on are held open by the keep-alive
             // behaviour; the rest close when idle.
             .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
-            .with_connection_timeout(timing.probe_timeout.max(Duration::from_secs(1)))
+            .with_connection_timeout(DIAL_TIMEOUT.max(timing.probe_timeout))
             .build();
 
         let topic = gossipsub::IdentTopic::new(MEMBERSHIP_TOPIC);
