@@ -1,6 +1,7 @@
 //! A hostile libp2p peer speaks the membership protocols to honest nodes:
 //! forged, mis-bound, stale, replayed, oversized and malformed input is dropped
-//! and counted, and lying about a live node does not evict it.
+//! and counted, and lying about a live node does not evict it. A raw peer that
+//! an honest node declared down, and that talks to it again, is told so.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{gossipsub, noise, request_response, tcp, yamux, Multiaddr, StreamProtocol};
 use sha2::{Digest as _, Sha256};
-use slicenet_node::membership::message::{GossipMessage, SyncRequest};
+use slicenet_node::membership::message::{GossipMessage, SyncRequest, SyncResponse};
 use slicenet_node::membership::{
     Capacity, Counters, GeoLocation, Membership, MembershipConfig, MembershipHandle, NodeIdentity,
     NodeInfo, NodeRecord, PeerAddr, WgPublicKey,
@@ -137,7 +138,7 @@ fn hostile_swarm(identity: &NodeIdentity) -> libp2p::Swarm<Hostile> {
                 sync: request_response::Behaviour::with_codec(
                     RawCodec,
                     [(
-                        StreamProtocol::new("/slicenet/membership/sync/1"),
+                        StreamProtocol::new("/slicenet/membership/sync/2"),
                         request_response::ProtocolSupport::Full,
                     )],
                     request_response::Config::default(),
@@ -303,4 +304,104 @@ async fn hostile_records_are_refused_counted_and_evict_nobody() {
     swarm_task.abort();
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// Sends `request` to `peer` and returns the answer, driving the swarm meanwhile.
+async fn exchange(
+    swarm: &mut libp2p::Swarm<Hostile>,
+    peer: libp2p::PeerId,
+    request: Vec<u8>,
+) -> Vec<u8> {
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while !swarm.is_connected(&peer) {
+            swarm.select_next_some().await;
+        }
+        swarm.behaviour_mut().sync.send_request(&peer, request);
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(HostileEvent::Sync(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                })) => return response,
+                SwarmEvent::Behaviour(HostileEvent::Sync(
+                    request_response::Event::OutboundFailure { error, .. },
+                )) => panic!("sync request failed: {error}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("answered")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_held_down_hears_it_from_the_next_node_it_talks_to() {
+    let (a, a_handle) = start_honest(1, vec![]).await;
+    let ghost = NodeIdentity::generate();
+    let mut swarm = hostile_swarm(&ghost);
+    let PeerAddr::Tcp(a_addr) = a.listen_addrs()[0] else {
+        panic!("tcp listener")
+    };
+    let a_peer: libp2p::PeerId = a.node_id().peer_id_string().parse().unwrap();
+    let addr: Multiaddr = format!("/ip4/{}/tcp/{}", a_addr.ip(), a_addr.port())
+        .parse()
+        .unwrap();
+    swarm.dial(addr.clone()).unwrap();
+    let own = record(&ghost, 5, unix_ms(), 60);
+    let first = exchange(
+        &mut swarm,
+        a_peer,
+        SyncRequest::encode_pull(&own, std::iter::empty()),
+    )
+    .await;
+    assert_eq!(
+        SyncResponse::parse(&first).unwrap().requester_down,
+        None,
+        "a holds the ghost up"
+    );
+    assert_eq!(a_handle.status().await.unwrap().live_members, 1);
+
+    // The ghost is a's only member, so a watches it; the ghost never echoes a
+    // heartbeat, so a suspects it, probes it (it listens nowhere) and declares it down.
+    let start = Instant::now();
+    loop {
+        tokio::select! {
+            _ = swarm.select_next_some() => {}
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                if a_handle.status().await.unwrap().live_members == 0 {
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(15), "a never declared the ghost down");
+            }
+        }
+    }
+
+    // The ghost connects again and talks to a with the same record. Its connection
+    // brings it back up at a, but everyone a told holds it down at seq 5 until it
+    // re-signs, so a tells it.
+    if !swarm.is_connected(&a_peer) {
+        swarm.dial(addr).unwrap();
+    }
+    let again = exchange(
+        &mut swarm,
+        a_peer,
+        SyncRequest::encode_pull(&own, std::iter::empty()),
+    )
+    .await;
+    assert_eq!(
+        SyncResponse::parse(&again).unwrap().requester_down,
+        Some(5),
+        "a declared the ghost failed at seq 5"
+    );
+    // A re-signed record settles it.
+    let newer = record(&ghost, 6, unix_ms(), 60);
+    let answer = exchange(
+        &mut swarm,
+        a_peer,
+        SyncRequest::encode_pull(&newer, std::iter::empty()),
+    )
+    .await;
+    assert_eq!(SyncResponse::parse(&answer).unwrap().requester_down, None);
+    assert_eq!(a_handle.status().await.unwrap().live_members, 1);
+    a.shutdown().await;
 }

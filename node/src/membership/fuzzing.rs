@@ -41,7 +41,11 @@ pub fn parse_everything(data: &[u8]) {
         assert_eq!(encoded, data);
     }
     if let Ok(response) = SyncResponse::parse(data) {
-        let encoded = SyncResponse::encode(response.own_record, response.records.iter().copied());
+        let encoded = SyncResponse::encode(
+            response.own_record,
+            response.records.iter().copied(),
+            response.requester_down,
+        );
         assert_eq!(encoded, data);
     }
 }

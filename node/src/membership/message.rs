@@ -15,9 +15,14 @@
 //!                    | count u32 | count x (node id [32] | seq u64)
 //!                    | pushed u16 | pushed x (len u16 | node record)
 //! SYNC_RESPONSE 0x04 | own_len u16 | own record | count u16 | count x (len u16 | node record)
+//!                    | [0x01 | seq u64]   (optional: "you are down here, at this seq")
 //! ```
 //!
 //! A request without PULL is answered with the responder's own record only.
+//! The optional tail of a response tells a requester that the responder holds
+//! it down at that seq: a node that others declared down while it was alive,
+//! and that missed the suspicion, learns it from the next node it talks to and
+//! re-signs its record, instead of staying down until its next refresh.
 //!
 //! On a sync stream each message is preceded by its length (u32 big-endian).
 //!
@@ -43,6 +48,8 @@ pub const MAX_SYNC_RECORDS: usize = 4_096;
 pub const MAX_PUSHED_RECORDS: usize = 1_024;
 /// Sync request flag: answer with the records my digest lacks.
 pub const FLAG_PULL: u8 = 0x01;
+/// Marks the optional "requester is down here" tail of a sync response.
+const TAIL_REQUESTER_DOWN: u8 = 0x01;
 /// Length of one digest entry.
 const DIGEST_ENTRY_LEN: usize = 40;
 /// Largest valid gossip message (a record plus its kind byte).
@@ -58,7 +65,7 @@ pub const MAX_SYNC_REQUEST_LEN: usize = 1
     + MAX_PUSHED_RECORDS * (2 + MAX_RECORD_LEN);
 /// Largest valid sync response.
 pub const MAX_SYNC_RESPONSE_LEN: usize =
-    1 + 2 + MAX_RECORD_LEN + 2 + MAX_SYNC_RECORDS * (2 + MAX_RECORD_LEN);
+    1 + 2 + MAX_RECORD_LEN + 2 + MAX_SYNC_RECORDS * (2 + MAX_RECORD_LEN) + 1 + 8;
 
 /// Why a message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +82,9 @@ pub enum MessageError {
     /// Bytes left over after the last field.
     #[error("membership message has {0} trailing bytes")]
     TrailingBytes(usize),
+    /// An optional part of a message that this version does not define.
+    #[error("membership message has an unknown optional part {0:#04x}")]
+    UnknownTail(u8),
     /// Flag bits this version does not define.
     #[error("membership message has unknown flag bits {0:#04x}")]
     UnknownFlags(u8),
@@ -123,6 +133,8 @@ pub struct SyncResponse<'a> {
     pub own_record: &'a [u8],
     /// Records the requester lacked or had older versions of.
     pub records: Vec<&'a [u8]>,
+    /// The seq at which the responder holds the requester down, if it does.
+    pub requester_down: Option<u64>,
 }
 
 /// A bounds-checked reader over a message.
@@ -149,6 +161,12 @@ impl<'a> Reader<'a> {
     fn u32(&mut self, what: &'static str) -> Result<usize, MessageError> {
         let b = self.take(4, what)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+    fn u64(&mut self, what: &'static str) -> Result<u64, MessageError> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
     }
     fn record(&mut self, what: &'static str) -> Result<&'a [u8], MessageError> {
         let len = self.u16(what)?;
@@ -329,20 +347,37 @@ impl<'a> SyncResponse<'a> {
         for _ in 0..count {
             records.push(r.record("record")?);
         }
+        let requester_down = if r.rest.is_empty() {
+            None
+        } else {
+            match r.u8("tail")? {
+                TAIL_REQUESTER_DOWN => Some(r.u64("requester-down seq")?),
+                other => return Err(MessageError::UnknownTail(other)),
+            }
+        };
         r.finish()?;
         Ok(Self {
             own_record,
             records,
+            requester_down,
         })
     }
 
     /// Encodes a response; records beyond [`MAX_SYNC_RECORDS`] are left for a later sync.
-    pub fn encode<'r>(own_record: &[u8], records: impl Iterator<Item = &'r [u8]>) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + 2 + own_record.len() + 2);
+    pub fn encode<'r>(
+        own_record: &[u8],
+        records: impl Iterator<Item = &'r [u8]>,
+        requester_down: Option<u64>,
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 2 + own_record.len() + 2 + 9);
         out.push(KIND_SYNC_RESPONSE);
         out.extend_from_slice(&(own_record.len() as u16).to_be_bytes());
         out.extend_from_slice(own_record);
         encode_records(&mut out, records, MAX_SYNC_RECORDS);
+        if let Some(seq) = requester_down {
+            out.push(TAIL_REQUESTER_DOWN);
+            out.extend_from_slice(&seq.to_be_bytes());
+        }
         out
     }
 }
@@ -457,7 +492,7 @@ mod tests {
     #[test]
     fn sync_response_round_trips() {
         let records: Vec<&[u8]> = vec![&[1, 2, 3], &[4]];
-        let bytes = SyncResponse::encode(&[9], records.iter().copied());
+        let bytes = SyncResponse::encode(&[9], records.iter().copied(), None);
         assert_eq!(
             bytes,
             vec![0x04, 0, 1, 9, 0, 2, 0, 3, 1, 2, 3, 0, 1, 4],
@@ -466,6 +501,7 @@ mod tests {
         let resp = SyncResponse::parse(&bytes).unwrap();
         assert_eq!(resp.own_record, &[9]);
         assert_eq!(resp.records, records);
+        assert_eq!(resp.requester_down, None);
         assert_eq!(
             SyncResponse::parse(&bytes[..bytes.len() - 1]),
             Err(MessageError::Truncated("record"))
@@ -476,5 +512,33 @@ mod tests {
             SyncResponse::parse(&many),
             Err(MessageError::OverLimit { .. })
         ));
+    }
+
+    #[test]
+    fn sync_response_may_say_the_requester_is_down() {
+        let bytes = SyncResponse::encode(&[9], std::iter::empty(), Some(0x0102));
+        assert_eq!(
+            bytes,
+            vec![0x04, 0, 1, 9, 0, 0, 0x01, 0, 0, 0, 0, 0, 0, 0x01, 0x02],
+            "layout"
+        );
+        let resp = SyncResponse::parse(&bytes).unwrap();
+        assert_eq!(resp.requester_down, Some(0x0102));
+        assert_eq!(
+            SyncResponse::parse(&bytes[..bytes.len() - 1]),
+            Err(MessageError::Truncated("requester-down seq"))
+        );
+        let mut unknown = bytes.clone();
+        unknown[6] = 0x02;
+        assert_eq!(
+            SyncResponse::parse(&unknown),
+            Err(MessageError::UnknownTail(0x02))
+        );
+        let mut long = bytes;
+        long.push(0);
+        assert_eq!(
+            SyncResponse::parse(&long),
+            Err(MessageError::TrailingBytes(1))
+        );
     }
 }

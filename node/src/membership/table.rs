@@ -161,6 +161,9 @@ struct Entry {
     connected: bool,
     last_heard: Instant,
     refute_by: Option<Instant>,
+    /// We had declared it failed and took it back because it connected to us: others
+    /// may still hold it down, so it must re-sign (see [`MemberTable::failed_at`]).
+    revived: bool,
 }
 
 /// The membership table of one node.
@@ -358,6 +361,7 @@ impl MemberTable {
                 connected: false,
                 last_heard: now,
                 refute_by: None,
+                revived: false,
             },
         );
         let (was_up, changed) = match &previous {
@@ -467,6 +471,7 @@ impl MemberTable {
         match entry.state {
             MemberState::Down(reason) if reason != DownReason::Left => {
                 entry.state = MemberState::Up;
+                entry.revived = true;
                 Some(MembershipEvent::PeerUp(entry.record.clone()))
             }
             _ => None,
@@ -551,6 +556,19 @@ impl MemberTable {
         self.entries
             .get(node)
             .is_some_and(|e| e.state == MemberState::Up)
+    }
+
+    /// The seq at which we declared `node` failed (not left), if its record has not
+    /// changed since, even if it has connected to us again since: a node declared
+    /// failed while it was alive stays down wherever that verdict reached until it
+    /// re-signs, so when it talks to us it must hear this.
+    pub fn failed_at(&self, node: &NodeId) -> Option<u64> {
+        let entry = self.entries.get(node)?;
+        match entry.state {
+            MemberState::Down(DownReason::Left) => None,
+            MemberState::Up if !entry.revived => None,
+            MemberState::Up | MemberState::Down(_) => Some(entry.record.seq()),
+        }
     }
 
     /// The record held for `node` (live or tombstoned).
@@ -658,6 +676,33 @@ mod tests {
 
     fn table() -> MemberTable {
         MemberTable::new(NodeIdentity::generate().node_id(), TableConfig::default())
+    }
+
+    #[test]
+    fn failed_members_are_told_apart_from_leavers() {
+        let mut t = table();
+        let now = Instant::now();
+        let (failed, left) = (NodeIdentity::generate(), NodeIdentity::generate());
+        t.offer(&signed(&failed, 5, 1), None, now, WALL).unwrap();
+        assert_eq!(t.failed_at(&failed.node_id()), None, "up");
+        assert!(t.unreachable(failed.node_id()).is_some());
+        assert_eq!(t.failed_at(&failed.node_id()), Some(5));
+        assert!(
+            t.set_connected(failed.node_id(), true, now).is_some(),
+            "revived"
+        );
+        assert_eq!(
+            t.failed_at(&failed.node_id()),
+            Some(5),
+            "still failed elsewhere"
+        );
+        t.offer(&signed(&failed, 6, 1), None, now, WALL).unwrap();
+        assert_eq!(t.failed_at(&failed.node_id()), None, "re-signed");
+        t.offer(&signed(&left, 1, 2), None, now, WALL).unwrap();
+        t.offer(&signed_at(&left, 2, 2, WALL, true), None, now, WALL)
+            .unwrap();
+        assert!(!t.is_up(&left.node_id()));
+        assert_eq!(t.failed_at(&left.node_id()), None, "it left");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::membership::{Limits, Timing};
 /// Kademlia protocol name: a private DHT, not the public IPFS one.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/slicenet/kad/1.0.0");
 /// Sync protocol name.
-pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/slicenet/membership/sync/1");
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/slicenet/membership/sync/2");
 /// Identify protocol version string.
 pub const IDENTIFY_VERSION: &str = "/slicenet/1";
 /// Gossipsub topic carrying node records and suspicions.

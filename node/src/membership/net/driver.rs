@@ -53,6 +53,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// same moment does: with 1 s, under such a storm, a quarter of 1,000 joiners
 /// failed to reach their bootstrap node for 10-20 s.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Least time between two re-signings prompted by peers that hold us down.
+const DOWN_RESIGN_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a node without connections redials its bootstrap addresses.
 const BOOTSTRAP_RETRY: Duration = Duration::from_secs(2);
 /// Most gossip messages waiting for a subscriber before the oldest is dropped.
@@ -149,6 +151,8 @@ pub(crate) struct Driver {
     next_refresh: Instant,
     next_bootstrap: Instant,
     last_refutation: Option<Instant>,
+    /// When we last re-signed because a peer held us down (see `declared_down`).
+    last_down_resign: Option<Instant>,
     /// Set while we have no connection at all after having had some.
     isolated_since: Option<Instant>,
     /// Failure detection state (see [`watch`]).
@@ -326,6 +330,7 @@ impl Driver {
             shutdown,
             listen_addrs,
             last_refutation: None,
+            last_down_resign: None,
             isolated_since: None,
         };
         driver.dial_bootstrap();
@@ -821,6 +826,24 @@ impl Driver {
         self.last_refutation = Some(now);
         self.table.counters.refutations_sent += 1;
         self.republish_own();
+    }
+
+    /// A peer holds us down at our current seq: others declared us failed while we were
+    /// alive, and we missed the suspicion. We re-sign (at most once per
+    /// [`DOWN_RESIGN_INTERVAL`]) and let the exchanges carry the newer record: every
+    /// sync message holds it, and each node that held us down passes it on as news.
+    /// No flood: a lying peer can make us sign, not load the overlay.
+    fn declared_down(&mut self) {
+        let now = Instant::now();
+        if self
+            .last_down_resign
+            .is_some_and(|t| now.duration_since(t) < DOWN_RESIGN_INTERVAL)
+        {
+            return;
+        }
+        self.last_down_resign = Some(now);
+        self.table.counters.refutations_sent += 1;
+        let _ = self.resign(false);
     }
 
     /// Offers a record to the table; Ok(true) if it was new (worth forwarding). News

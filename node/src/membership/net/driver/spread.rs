@@ -184,11 +184,13 @@ impl Driver {
             let _ = self.offer(record, None, Via::Sync);
         }
         self.table.counters.syncs_served += 1;
+        // Its own record did not bring it back up: we hold it down at that seq or later.
+        let failed_at = self.table.failed_at(&node);
         let response = if request.pull {
             let newer = self.table.newer_than(request.digest());
-            SyncResponse::encode(self.own.bytes(), newer.into_iter())
+            SyncResponse::encode(self.own.bytes(), newer.into_iter(), failed_at)
         } else {
-            SyncResponse::encode(self.own.bytes(), std::iter::empty())
+            SyncResponse::encode(self.own.bytes(), std::iter::empty(), failed_at)
         };
         Some(response)
     }
@@ -202,6 +204,12 @@ impl Driver {
             return;
         };
         self.table.counters.syncs_completed += 1;
+        if response
+            .requester_down
+            .is_some_and(|seq| seq >= self.own.seq())
+        {
+            self.declared_down();
+        }
         let _ = self.offer(response.own_record, Some(node), Via::Sync);
         for record in response.records {
             let _ = self.offer(record, None, Via::Sync);
