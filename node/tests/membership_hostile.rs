@@ -169,6 +169,17 @@ async fn start_honest(i: u8, bootstrap: Vec<PeerAddr>) -> (Membership, Membershi
     (m, h)
 }
 
+/// Where a hostile swarm reaches `node`: its TCP address and its peer id.
+fn dial_target(node: &Membership) -> (Multiaddr, libp2p::PeerId) {
+    let PeerAddr::Tcp(tcp) = node.listen_addrs()[0] else {
+        panic!("tcp listener")
+    };
+    let addr = format!("/ip4/{}/tcp/{}", tcp.ip(), tcp.port())
+        .parse()
+        .unwrap();
+    (addr, node.node_id().peer_id_string().parse().unwrap())
+}
+
 /// Polls `check` on `handle`'s counters until it holds, or panics after 15 s.
 async fn wait_counters(handle: &MembershipHandle, what: &str, check: impl Fn(&Counters) -> bool) {
     let start = Instant::now();
@@ -203,13 +214,7 @@ async fn hostile_records_are_refused_counted_and_evict_nobody() {
     let mut swarm = hostile_swarm(&attacker);
     let topic = gossipsub::IdentTopic::new("slicenet/membership/1");
     swarm.behaviour_mut().gossipsub.subscribe(&topic).unwrap();
-    let PeerAddr::Tcp(a_addr) = a.listen_addrs()[0] else {
-        panic!("tcp listener")
-    };
-    let a_peer: libp2p::PeerId = a.node_id().peer_id_string().parse().unwrap();
-    let addr: Multiaddr = format!("/ip4/{}/tcp/{}", a_addr.ip(), a_addr.port())
-        .parse()
-        .unwrap();
+    let (addr, a_peer) = dial_target(&a);
     swarm.dial(addr).unwrap();
 
     // Wait for a's subscription so publishing reaches it.
@@ -306,13 +311,15 @@ async fn hostile_records_are_refused_counted_and_evict_nobody() {
     b.shutdown().await;
 }
 
-/// Sends `request` to `peer` and returns the answer, driving the swarm meanwhile.
-async fn exchange(
+/// Pulls from `peer` presenting `own` as our record, driving the swarm meanwhile;
+/// returns the seq at which the answer says `peer` holds us down, if it does.
+async fn pull_as(
     swarm: &mut libp2p::Swarm<Hostile>,
     peer: libp2p::PeerId,
-    request: Vec<u8>,
-) -> Vec<u8> {
-    tokio::time::timeout(Duration::from_secs(15), async {
+    own: &[u8],
+) -> Option<u64> {
+    let request = SyncRequest::encode_pull(own, std::iter::empty());
+    let answer = tokio::time::timeout(Duration::from_secs(15), async {
         while !swarm.is_connected(&peer) {
             swarm.select_next_some().await;
         }
@@ -331,7 +338,8 @@ async fn exchange(
         }
     })
     .await
-    .expect("answered")
+    .expect("answered");
+    SyncResponse::parse(&answer).unwrap().requester_down
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,23 +347,11 @@ async fn a_node_held_down_hears_it_from_the_next_node_it_talks_to() {
     let (a, a_handle) = start_honest(1, vec![]).await;
     let ghost = NodeIdentity::generate();
     let mut swarm = hostile_swarm(&ghost);
-    let PeerAddr::Tcp(a_addr) = a.listen_addrs()[0] else {
-        panic!("tcp listener")
-    };
-    let a_peer: libp2p::PeerId = a.node_id().peer_id_string().parse().unwrap();
-    let addr: Multiaddr = format!("/ip4/{}/tcp/{}", a_addr.ip(), a_addr.port())
-        .parse()
-        .unwrap();
+    let (addr, a_peer) = dial_target(&a);
     swarm.dial(addr.clone()).unwrap();
     let own = record(&ghost, 5, unix_ms(), 60);
-    let first = exchange(
-        &mut swarm,
-        a_peer,
-        SyncRequest::encode_pull(&own, std::iter::empty()),
-    )
-    .await;
     assert_eq!(
-        SyncResponse::parse(&first).unwrap().requester_down,
+        pull_as(&mut swarm, a_peer, &own).await,
         None,
         "a holds the ghost up"
     );
@@ -382,26 +378,14 @@ async fn a_node_held_down_hears_it_from_the_next_node_it_talks_to() {
     if !swarm.is_connected(&a_peer) {
         swarm.dial(addr).unwrap();
     }
-    let again = exchange(
-        &mut swarm,
-        a_peer,
-        SyncRequest::encode_pull(&own, std::iter::empty()),
-    )
-    .await;
     assert_eq!(
-        SyncResponse::parse(&again).unwrap().requester_down,
+        pull_as(&mut swarm, a_peer, &own).await,
         Some(5),
         "a declared the ghost failed at seq 5"
     );
     // A re-signed record settles it.
     let newer = record(&ghost, 6, unix_ms(), 60);
-    let answer = exchange(
-        &mut swarm,
-        a_peer,
-        SyncRequest::encode_pull(&newer, std::iter::empty()),
-    )
-    .await;
-    assert_eq!(SyncResponse::parse(&answer).unwrap().requester_down, None);
+    assert_eq!(pull_as(&mut swarm, a_peer, &newer).await, None);
     assert_eq!(a_handle.status().await.unwrap().live_members, 1);
     a.shutdown().await;
 }
