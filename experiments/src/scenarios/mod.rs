@@ -708,7 +708,14 @@ mod tests {
             .arg(dir.path())
             .spawn()
             .unwrap();
-        let found = processes_mentioning(dir.path());
+        // Until the child has exec'd, its command line is still ours: look again for
+        // a while rather than racing the exec.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut found = processes_mentioning(dir.path());
+        while found.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            found = processes_mentioning(dir.path());
+        }
         let _ = child.kill();
         let _ = child.wait();
         assert!(
