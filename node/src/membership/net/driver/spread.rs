@@ -184,7 +184,8 @@ impl Driver {
             let _ = self.offer(record, None, Via::Sync);
         }
         self.table.counters.syncs_served += 1;
-        // Its own record did not bring it back up: we hold it down at that seq or later.
+        // Its own record brought no newer seq: if we declared it failed at this one
+        // (even if its connection brought it back up here since), it must hear so.
         let failed_at = self.table.failed_at(&node);
         let response = if request.pull {
             let newer = self.table.newer_than(request.digest());
