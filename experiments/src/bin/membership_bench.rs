@@ -38,8 +38,8 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -173,6 +173,37 @@ fn percentile(sorted: &[Duration], p: f64) -> Option<f64> {
 /// Who saw whom go down, and when (shared by every observer of a run).
 type DownLog = Arc<Mutex<Vec<(usize, String, Instant)>>>;
 
+/// How many observers hold each node up: the progress lines name the node whose
+/// record has spread least (a late joiner, a node nobody could reach), which is
+/// where a slow convergence spends its tail.
+struct KnownBy {
+    index: RwLock<HashMap<NodeId, usize>>,
+    counts: Vec<AtomicI64>,
+}
+
+impl KnownBy {
+    fn new(n: usize) -> Self {
+        Self {
+            index: RwLock::default(),
+            counts: (0..n).map(|_| AtomicI64::new(0)).collect(),
+        }
+    }
+    fn register(&self, node: NodeId, index: usize) {
+        self.index.write().expect("index lock").insert(node, index);
+    }
+    fn add(&self, node: &NodeId, delta: i64) {
+        if let Some(&i) = self.index.read().expect("index lock").get(node) {
+            self.counts[i].fetch_add(delta, Ordering::Relaxed);
+        }
+    }
+    /// The node known by the fewest observers, and by how many.
+    fn least(&self) -> Option<(usize, i64)> {
+        (0..self.counts.len())
+            .map(|i| (i, self.counts[i].load(Ordering::Relaxed)))
+            .min_by_key(|&(_, count)| count)
+    }
+}
+
 /// Waits until every observer in `observers` logged `victim` down, or the limit.
 /// Returns (median, last) detection time and how many observers saw it.
 fn detection(
@@ -248,16 +279,19 @@ fn spawn_counter(
     observer: usize,
     mut events: tokio::sync::mpsc::Receiver<MembershipEvent>,
     live: Arc<AtomicUsize>,
+    known: Arc<KnownBy>,
     downs: DownLog,
 ) {
     rt.spawn(async move {
         while let Some(event) = events.recv().await {
             match event {
-                MembershipEvent::PeerUp(_) => {
+                MembershipEvent::PeerUp(record) => {
                     live.fetch_add(1, Ordering::Relaxed);
+                    known.add(&record.node_id(), 1);
                 }
                 MembershipEvent::PeerDown { node, .. } => {
                     live.fetch_sub(1, Ordering::Relaxed);
+                    known.add(&node, -1);
                     let at = Instant::now();
                     downs
                         .lock()
@@ -288,6 +322,8 @@ fn run_slicenet(n: usize, shared: bool, detect: bool, limit: Duration) -> anyhow
     );
     let (crash_victim, freeze_victim) = (n - 1, n - 2);
     let downs: DownLog = Arc::default();
+    let known = Arc::new(KnownBy::new(n));
+    let known_by = known.clone();
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     let mut nodes: Vec<Node> = Vec::with_capacity(n);
@@ -303,15 +339,23 @@ fn run_slicenet(n: usize, shared: bool, detect: bool, limit: Duration) -> anyhow
         } else {
             NodeRuntime::Shared(shared_rt.clone())
         };
-        let mut config =
-            MembershipConfig::new(NodeIdentity::generate(), info(i)).listen(PeerAddr::Memory(0));
+        let identity = NodeIdentity::generate();
+        known.register(identity.node_id(), i);
+        let mut config = MembershipConfig::new(identity, info(i)).listen(PeerAddr::Memory(0));
         if i > 0 {
             config = config.bootstrap(nodes[i % i.min(3)].addr);
         }
         config.signature_cache = cache.clone();
         let (membership, events) = rt.handle().block_on(Membership::start(config))?;
         let live = Arc::new(AtomicUsize::new(0));
-        spawn_counter(&rt.handle(), i, events, live.clone(), downs.clone());
+        spawn_counter(
+            &rt.handle(),
+            i,
+            events,
+            live.clone(),
+            known.clone(),
+            downs.clone(),
+        );
         nodes.push(Node {
             id: membership.node_id(),
             addr: membership.listen_addrs()[0],
@@ -338,10 +382,12 @@ fn run_slicenet(n: usize, shared: bool, detect: bool, limit: Duration) -> anyhow
         if last_report.elapsed() > Duration::from_secs(5) {
             last_report = Instant::now();
             let known: usize = nodes.iter().map(|x| x.live.load(Ordering::Relaxed)).sum();
+            let (least, by) = known_by.least().unwrap_or_default();
             eprintln!(
-                "  {:.0?}: {done}/{n} nodes complete, {:.1}% of all pairs known",
+                "  {:.0?}: {done}/{n} nodes complete, {:.1}% of all pairs known; least known: node #{least}, by {by} of {}",
                 t0.elapsed(),
-                100.0 * known as f64 / (n * (n - 1)) as f64
+                100.0 * known as f64 / (n * (n - 1)) as f64,
+                n - 1
             );
         }
         std::thread::sleep(Duration::from_millis(5));
