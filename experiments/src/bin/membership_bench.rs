@@ -463,9 +463,9 @@ fn run_slicenet(n: usize, shared: bool, detect: bool, limit: Duration) -> anyhow
     };
 
     if detect && converge.is_some() {
-        // Steady state: CPU per node while nothing changes, once the connections made
-        // while converging have settled (companions released, transient connections
-        // closed after their lifetime, final subjects dialed).
+        // Steady state: CPU per node while nothing changes, once what converging set in
+        // motion has settled (transient connections closed after their lifetime, final
+        // subjects dialed, fast exchange rounds over).
         std::thread::sleep(SETTLE_BEFORE_IDLE);
         let (c1, w1) = (cpu_seconds(), Instant::now());
         std::thread::sleep(Duration::from_secs(3));

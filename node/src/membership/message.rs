@@ -210,15 +210,13 @@ impl<'a> GossipMessage<'a> {
             return Ok(Self::Record(r.rest));
         }
         let node = r.take(32, "suspect node id")?;
-        let seq = r.take(8, "suspect seq")?;
+        let seq = r.u64("suspect seq")?;
         r.finish()?;
         let mut id = [0u8; 32];
         id.copy_from_slice(node);
-        let mut s = [0u8; 8];
-        s.copy_from_slice(seq);
         Ok(Self::Suspect {
             node: NodeId::from_bytes(id),
-            seq: u64::from_be_bytes(s),
+            seq,
         })
     }
 

@@ -187,13 +187,16 @@ impl Driver {
         // Its own record brought no newer seq: if we declared it failed at this one
         // (even if its connection brought it back up here since), it must hear so.
         let failed_at = self.table.failed_at(&node);
-        let response = if request.pull {
-            let newer = self.table.newer_than(request.digest());
-            SyncResponse::encode(self.own.bytes(), newer.into_iter(), failed_at)
+        let newer = if request.pull {
+            self.table.newer_than(request.digest())
         } else {
-            SyncResponse::encode(self.own.bytes(), std::iter::empty(), failed_at)
+            Vec::new()
         };
-        Some(response)
+        Some(SyncResponse::encode(
+            self.own.bytes(),
+            newer.into_iter(),
+            failed_at,
+        ))
     }
 
     pub(super) fn on_sync_response(&mut self, peer: PeerId, response: &[u8]) {
