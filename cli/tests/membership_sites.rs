@@ -8,7 +8,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use slicenet_node::membership::NodeIdentity;
+use slicenet_node::membership::ring::MonitorRings;
+use slicenet_node::membership::{NodeIdentity, DEFAULT_WATCHERS};
 use slicenet_testbed::{require_privileged, LinkShape, Testbed};
 
 const PORT: u16 = 7946;
@@ -27,9 +28,13 @@ impl Drop for SiteNode {
     }
 }
 
-fn start_site_node(bed: &Testbed, site: usize, dir: &std::path::Path) -> SiteNode {
+fn start_site_node(
+    bed: &Testbed,
+    site: usize,
+    identity: &NodeIdentity,
+    dir: &std::path::Path,
+) -> SiteNode {
     let key = dir.join(format!("node{site}.key"));
-    let identity = NodeIdentity::generate();
     identity.save_new(&key).unwrap();
     let s = bed.site(site);
     let mut cmd = s.command(env!("CARGO_BIN_EXE_slicenet"));
@@ -89,9 +94,28 @@ fn wait_event(site: &SiteNode, kind: &str, node: Option<&str>, deadline: Duratio
     }
 }
 
+/// Identities for sites 1-3 in the layout that is hardest for failure detection:
+/// site 3's node is watched only by site 2's node (see [`MonitorRings`]), which has
+/// no other reason to connect to it (site 3 bootstraps through site 1 and watches
+/// only site 1). So nothing but its watcher's own dial tells whether site 3 is alive.
+fn identities_with_lone_watcher() -> Vec<NodeIdentity> {
+    loop {
+        let ids: Vec<NodeIdentity> = (0..3).map(|_| NodeIdentity::generate()).collect();
+        let mut rings = MonitorRings::new(ids[2].node_id(), DEFAULT_WATCHERS);
+        rings.insert(ids[0].node_id());
+        rings.insert(ids[1].node_id());
+        if rings.watchers() == [ids[1].node_id()] {
+            return ids;
+        }
+    }
+}
+
 /// Starts one node per site and waits until every node has seen both others come up.
 fn converged_sites(bed: &Testbed, dir: &std::path::Path) -> Vec<SiteNode> {
-    let nodes: Vec<SiteNode> = (1..=3).map(|s| start_site_node(bed, s, dir)).collect();
+    let ids = identities_with_lone_watcher();
+    let nodes: Vec<SiteNode> = (1..=3)
+        .map(|s| start_site_node(bed, s, &ids[s - 1], dir))
+        .collect();
     for node in &nodes {
         wait_event(node, "listening", None, Duration::from_secs(20));
     }
@@ -129,10 +153,11 @@ fn sites_discover_each_other_and_detect_a_killed_node() {
     let victim_id = victim.node_id.clone();
     let killed_at = Instant::now();
     drop(victim); // SIGKILL: no leave announcement
-    for node in &nodes {
+    for (i, node) in nodes.iter().enumerate() {
         let down = wait_event(node, "down", Some(&victim_id), Duration::from_secs(15));
         println!(
-            "killed node reported {} after {:?}",
+            "site{} reported the killed node {} by {:?}",
+            i + 1,
             down["reason"],
             killed_at.elapsed()
         );
@@ -161,7 +186,7 @@ fn partitioned_node_is_declared_down_and_returns_when_healed() {
     let cut_at = Instant::now();
     bed.set_link_shape(1, 3, cut).unwrap();
     bed.set_link_shape(2, 3, cut).unwrap();
-    for node in &nodes[..2] {
+    for (i, node) in nodes[..2].iter().enumerate() {
         let down = wait_event(
             node,
             "down",
@@ -169,7 +194,8 @@ fn partitioned_node_is_declared_down_and_returns_when_healed() {
             Duration::from_secs(15),
         );
         println!(
-            "partitioned node reported {} after {:?}",
+            "site{} reported the partitioned node {} by {:?}",
+            i + 1,
             down["reason"],
             cut_at.elapsed()
         );

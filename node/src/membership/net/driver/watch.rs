@@ -36,16 +36,22 @@ use crate::membership::net::{node_to_peer, peer_to_node};
 use crate::membership::ring::MonitorRings;
 use crate::membership::table::{MembershipEvent, SuspicionOutcome};
 
-/// How long after a failed first dial of a subject we try again.
-const SUBJECT_REDIAL: Duration = Duration::from_secs(2);
+/// How long after a refused dial of a subject the next one starts (one that timed
+/// out is repeated at once). Dials of subjects are judged by `probe_timeout`, not
+/// by the swarm's 5 s connection timeout (joiners of a busy overlay need that to
+/// reach a bootstrap node): a subject cut off by a partition would otherwise need
+/// three such timeouts before anyone suspected it.
+const SUBJECT_REDIAL: Duration = Duration::from_millis(500);
 /// How long a node must stay our subject before we dial it. While an overlay
 /// converges every new record can change our ring successors; dialing each one
 /// at once would cost a handshake per change, most of them for connections
 /// released moments later. At 1,000 nodes joining at once, 4 s instead of 1.5 s
-/// cut the connections each node opened from 19 to 17. The price: a node that
-/// joins a settled overlay is watched 4 s after its watchers learn of it (the
-/// node it displaced on their rings is still watched by its other watchers).
+/// cut the connections each node opened from 19 to 17.
 const SUBJECT_SETTLE: Duration = Duration::from_millis(4000);
+/// Once our set of subjects has not changed for this long, the ones not yet
+/// dialed are dialed without waiting out [`SUBJECT_SETTLE`]: in a quiet overlay
+/// there is no churn to wait for, and until the dial nobody may be watching them.
+const SUBJECT_QUIET: Duration = Duration::from_millis(1000);
 /// First dials of a subject that may fail before we suspect it (it may not be
 /// listening yet, or its record may be ahead of its listener).
 const SUBJECT_DIAL_ATTEMPTS: u32 = 3;
@@ -56,7 +62,12 @@ struct Subject {
     /// Whether we have ever been connected to it (then a lost connection is probed).
     connected_once: bool,
     dial_failures: u32,
+    /// Whether we have dialed it since it became our subject.
+    dialed: bool,
+    /// When the next dial may start.
     next_dial: Instant,
+    /// When our dial under way counts as failed (None: no dial of ours under way).
+    dial_deadline: Option<Instant>,
 }
 
 /// A redial of a subject whose connection closed or went silent.
@@ -72,6 +83,8 @@ pub(super) struct WatchState {
     /// The rings changed since subjects and watchers were last derived from them.
     dirty: bool,
     subjects: HashMap<NodeId, Subject>,
+    /// When a node last joined or left our set of subjects.
+    subjects_changed_at: Instant,
     watchers: HashSet<NodeId>,
     probes: HashMap<NodeId, Probe>,
 }
@@ -82,6 +95,7 @@ impl WatchState {
             rings,
             dirty: true,
             subjects: HashMap::new(),
+            subjects_changed_at: Instant::now(),
             watchers: HashSet::new(),
             probes: HashMap::new(),
         }
@@ -108,6 +122,7 @@ impl WatchState {
         if let Some(subject) = self.subjects.get_mut(&node) {
             subject.connected_once = true;
             subject.dial_failures = 0;
+            subject.dial_deadline = None;
         }
     }
 
@@ -135,9 +150,11 @@ impl Driver {
         self.watch.dirty = false;
         let subjects: HashSet<NodeId> = self.watch.rings.subjects().into_iter().collect();
         self.watch.watchers = self.watch.rings.watchers().into_iter().collect();
+        let before = self.watch.subjects.len();
         self.watch
             .subjects
             .retain(|node, _| subjects.contains(node));
+        let mut changed = self.watch.subjects.len() != before;
         let probes = &mut self.watch.probes;
         probes.retain(|node, _| subjects.contains(node));
         for node in subjects {
@@ -145,12 +162,20 @@ impl Driver {
                 continue;
             };
             let connected = self.peers.contains_key(&peer);
-            self.watch.subjects.entry(node).or_insert(Subject {
-                peer,
-                connected_once: connected,
-                dial_failures: 0,
-                next_dial: now + SUBJECT_SETTLE,
+            self.watch.subjects.entry(node).or_insert_with(|| {
+                changed = true;
+                Subject {
+                    peer,
+                    connected_once: connected,
+                    dial_failures: 0,
+                    dialed: false,
+                    next_dial: now + SUBJECT_SETTLE,
+                    dial_deadline: None,
+                }
             });
+        }
+        if changed {
+            self.watch.subjects_changed_at = now;
         }
         let subjects = self.watch.subjects.values().map(|s| s.peer).collect();
         let watchers = self
@@ -165,7 +190,8 @@ impl Driver {
             .set_neighbours(subjects, watchers);
     }
 
-    /// Probe deadlines, silent subjects, and dials of subjects we are not connected to.
+    /// Probe deadlines, and dials of subjects we are not connected to: their deadlines
+    /// and new ones.
     pub(super) fn watch_tick(&mut self, now: Instant, degraded: bool) {
         let expired: Vec<NodeId> = self
             .watch
@@ -183,12 +209,24 @@ impl Driver {
                 self.probe_failed(node);
             }
         }
+        let late_dials: Vec<NodeId> = self
+            .watch
+            .subjects
+            .iter()
+            .filter(|(_, s)| s.dial_deadline.is_some_and(|d| now >= d))
+            .map(|(node, _)| *node)
+            .collect();
+        for node in late_dials {
+            self.subject_dial_failed(node, true, degraded);
+        }
+        let quiet = now >= self.watch.subjects_changed_at + SUBJECT_QUIET;
         let to_dial: Vec<NodeId> = self
             .watch
             .subjects
             .iter()
             .filter(|(node, s)| {
-                now >= s.next_dial
+                (now >= s.next_dial || (quiet && !s.dialed))
+                    && s.dial_deadline.is_none()
                     && !self.peers.contains_key(&s.peer)
                     && !self.watch.probes.contains_key(node)
             })
@@ -204,10 +242,12 @@ impl Driver {
         let Some(subject) = self.watch.subjects.get_mut(&node) else {
             return;
         };
-        subject.next_dial = now + SUBJECT_REDIAL;
+        subject.dialed = true;
         if addrs.is_empty() {
+            subject.next_dial = now + SUBJECT_SETTLE;
             return;
         }
+        subject.dial_deadline = Some(now + self.timing.probe_timeout);
         let opts = DialOpts::peer_id(subject.peer)
             .condition(PeerCondition::DisconnectedAndNotDialing)
             .addresses(addrs)
@@ -251,19 +291,35 @@ impl Driver {
             }
             return;
         }
-        let degraded = self.health.degraded();
-        let Some(subject) = self.watch.subjects.get_mut(&node) else {
-            return;
-        };
         if matches!(
             error,
             DialError::Aborted | DialError::DialPeerConditionFalse(_)
         ) {
             return;
         }
+        tracing::debug!(%peer, %error, "subject dial failed");
+        self.subject_dial_failed(node, false, self.health.degraded());
+    }
+
+    /// Our dial of subject `node` was refused or outlived `probe_timeout`
+    /// (`timed_out`); after [`SUBJECT_DIAL_ATTEMPTS`] such failures in a row it is down
+    /// for us. A dial that failed after its deadline was counted already. While we run
+    /// late nothing counts: the slow one may be us.
+    fn subject_dial_failed(&mut self, node: NodeId, timed_out: bool, degraded: bool) {
+        let Some(subject) = self.watch.subjects.get_mut(&node) else {
+            return;
+        };
+        if subject.dial_deadline.take().is_none() {
+            return;
+        }
+        let now = Instant::now();
+        subject.next_dial = if timed_out { now } else { now + SUBJECT_REDIAL };
+        if degraded {
+            self.table.counters.verdicts_deferred += 1;
+            return;
+        }
         subject.dial_failures += 1;
-        tracing::debug!(%peer, %error, failures = subject.dial_failures, "subject dial failed");
-        if subject.dial_failures >= SUBJECT_DIAL_ATTEMPTS && !degraded {
+        if subject.dial_failures >= SUBJECT_DIAL_ATTEMPTS {
             subject.dial_failures = 0;
             self.probe_failed(node);
         }
