@@ -90,6 +90,11 @@ impl SpreadState {
         self.last_news = Some(now);
     }
 
+    /// When we last learned news or a peer last pushed us some.
+    pub(super) fn last_news(&self) -> Option<Instant> {
+        self.last_news
+    }
+
     /// Our exchange `request` was answered or failed.
     pub(super) fn exchange_done(&mut self, request: OutboundRequestId) {
         if self.in_flight.is_some_and(|(id, _)| id == request) {

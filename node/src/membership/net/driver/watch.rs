@@ -29,29 +29,41 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::DialError;
 use libp2p::{Multiaddr, PeerId};
 
-use super::Driver;
+use super::{Driver, DIAL_TIMEOUT};
 use crate::membership::identity::NodeId;
 use crate::membership::message::GossipMessage;
 use crate::membership::net::{node_to_peer, peer_to_node};
 use crate::membership::ring::MonitorRings;
 use crate::membership::table::{MembershipEvent, SuspicionOutcome};
 
-/// How long after a refused dial of a subject the next one starts (one that timed
-/// out is repeated at once). Dials of subjects are judged by `probe_timeout`, not
-/// by the swarm's 5 s connection timeout (joiners of a busy overlay need that to
-/// reach a bootstrap node): a subject cut off by a partition would otherwise need
-/// three such timeouts before anyone suspected it.
-const SUBJECT_REDIAL: Duration = Duration::from_millis(500);
+/// How long after a refused dial of a subject the next one starts while members
+/// come and go (one that timed out is repeated at once).
+const SUBJECT_REDIAL: Duration = Duration::from_secs(2);
+/// The same once the overlay is quiet (see [`QUIET_AFTER`]).
+const QUIET_SUBJECT_REDIAL: Duration = Duration::from_millis(500);
 /// How long a node must stay our subject before we dial it. While an overlay
 /// converges every new record can change our ring successors; dialing each one
 /// at once would cost a handshake per change, most of them for connections
 /// released moments later. At 1,000 nodes joining at once, 4 s instead of 1.5 s
-/// cut the connections each node opened from 19 to 17.
+/// cut the connections each node opened from 19 to 17. The price: a node that
+/// joins a settled overlay is watched 4 s after its watchers learn of it (the
+/// node it displaced on their rings is still watched by its other watchers).
 const SUBJECT_SETTLE: Duration = Duration::from_millis(4000);
-/// Once our set of subjects has not changed for this long, the ones not yet
-/// dialed are dialed without waiting out [`SUBJECT_SETTLE`]: in a quiet overlay
-/// there is no churn to wait for, and until the dial nobody may be watching them.
-const SUBJECT_QUIET: Duration = Duration::from_millis(1000);
+/// Once no member has come or gone and no peer pushed us news for this long, the
+/// overlay is *quiet*, and a dial of a subject counts as failed after
+/// `probe_timeout` instead of the swarm's connection timeout ([`DIAL_TIMEOUT`],
+/// 5 s, which joiners of a busy overlay need to reach a bootstrap node): a
+/// subject cut off by a partition before its watcher reached it would otherwise
+/// need three such timeouts before anyone suspected it (a CI run saw none within
+/// 15 s). While members come and go, a slow dial is more likely a busy peer than
+/// a dead one, so it keeps the 5 s.
+///
+/// Dialing new subjects as soon as the overlay is quiet, instead of after
+/// [`SUBJECT_SETTLE`], was tried: while a thousand nodes join on two cores, a
+/// node often hears nothing for a second, and those early dials (most to
+/// subjects the next records replace) took the connections opened per node from
+/// 16 to 21-23 and convergence from 19 s to 21-28 s.
+const QUIET_AFTER: Duration = Duration::from_millis(1000);
 /// First dials of a subject that may fail before we suspect it (it may not be
 /// listening yet, or its record may be ahead of its listener).
 const SUBJECT_DIAL_ATTEMPTS: u32 = 3;
@@ -62,8 +74,6 @@ struct Subject {
     /// Whether we have ever been connected to it (then a lost connection is probed).
     connected_once: bool,
     dial_failures: u32,
-    /// Whether we have dialed it since it became our subject.
-    dialed: bool,
     /// When the next dial may start.
     next_dial: Instant,
     /// When our dial under way counts as failed (None: no dial of ours under way).
@@ -83,8 +93,8 @@ pub(super) struct WatchState {
     /// The rings changed since subjects and watchers were last derived from them.
     dirty: bool,
     subjects: HashMap<NodeId, Subject>,
-    /// When a node last joined or left our set of subjects.
-    subjects_changed_at: Instant,
+    /// When a member last came up or went down.
+    rings_changed_at: Instant,
     watchers: HashSet<NodeId>,
     probes: HashMap<NodeId, Probe>,
 }
@@ -95,7 +105,7 @@ impl WatchState {
             rings,
             dirty: true,
             subjects: HashMap::new(),
-            subjects_changed_at: Instant::now(),
+            rings_changed_at: Instant::now(),
             watchers: HashSet::new(),
             probes: HashMap::new(),
         }
@@ -107,11 +117,13 @@ impl WatchState {
             MembershipEvent::PeerUp(record) => {
                 self.rings.insert(record.node_id());
                 self.dirty = true;
+                self.rings_changed_at = Instant::now();
             }
             MembershipEvent::PeerDown { node, .. } => {
                 self.rings.remove(node);
                 self.probes.remove(node);
                 self.dirty = true;
+                self.rings_changed_at = Instant::now();
             }
             MembershipEvent::PeerUpdated(_) => {}
         }
@@ -150,11 +162,9 @@ impl Driver {
         self.watch.dirty = false;
         let subjects: HashSet<NodeId> = self.watch.rings.subjects().into_iter().collect();
         self.watch.watchers = self.watch.rings.watchers().into_iter().collect();
-        let before = self.watch.subjects.len();
         self.watch
             .subjects
             .retain(|node, _| subjects.contains(node));
-        let mut changed = self.watch.subjects.len() != before;
         let probes = &mut self.watch.probes;
         probes.retain(|node, _| subjects.contains(node));
         for node in subjects {
@@ -162,20 +172,13 @@ impl Driver {
                 continue;
             };
             let connected = self.peers.contains_key(&peer);
-            self.watch.subjects.entry(node).or_insert_with(|| {
-                changed = true;
-                Subject {
-                    peer,
-                    connected_once: connected,
-                    dial_failures: 0,
-                    dialed: false,
-                    next_dial: now + SUBJECT_SETTLE,
-                    dial_deadline: None,
-                }
+            self.watch.subjects.entry(node).or_insert(Subject {
+                peer,
+                connected_once: connected,
+                dial_failures: 0,
+                next_dial: now + SUBJECT_SETTLE,
+                dial_deadline: None,
             });
-        }
-        if changed {
-            self.watch.subjects_changed_at = now;
         }
         let subjects = self.watch.subjects.values().map(|s| s.peer).collect();
         let watchers = self
@@ -188,6 +191,17 @@ impl Driver {
             .behaviour_mut()
             .keep_alive
             .set_neighbours(subjects, watchers);
+    }
+
+    /// Whether, for [`QUIET_AFTER`], no member came or went and no peer pushed us news.
+    fn overlay_quiet(&self, now: Instant) -> bool {
+        let last_change = self
+            .spread
+            .last_news()
+            .map_or(self.watch.rings_changed_at, |t| {
+                t.max(self.watch.rings_changed_at)
+            });
+        now >= last_change + QUIET_AFTER
     }
 
     /// Probe deadlines, and dials of subjects we are not connected to: their deadlines
@@ -219,13 +233,12 @@ impl Driver {
         for node in late_dials {
             self.subject_dial_failed(node, true, degraded);
         }
-        let quiet = now >= self.watch.subjects_changed_at + SUBJECT_QUIET;
         let to_dial: Vec<NodeId> = self
             .watch
             .subjects
             .iter()
             .filter(|(node, s)| {
-                (now >= s.next_dial || (quiet && !s.dialed))
+                now >= s.next_dial
                     && s.dial_deadline.is_none()
                     && !self.peers.contains_key(&s.peer)
                     && !self.watch.probes.contains_key(node)
@@ -239,15 +252,19 @@ impl Driver {
 
     fn dial_subject(&mut self, node: NodeId, now: Instant) {
         let addrs = self.dial_addrs(&node, &[]);
+        let limit = if self.overlay_quiet(now) {
+            self.timing.probe_timeout
+        } else {
+            DIAL_TIMEOUT
+        };
         let Some(subject) = self.watch.subjects.get_mut(&node) else {
             return;
         };
-        subject.dialed = true;
         if addrs.is_empty() {
             subject.next_dial = now + SUBJECT_SETTLE;
             return;
         }
-        subject.dial_deadline = Some(now + self.timing.probe_timeout);
+        subject.dial_deadline = Some(now + limit);
         let opts = DialOpts::peer_id(subject.peer)
             .condition(PeerCondition::DisconnectedAndNotDialing)
             .addresses(addrs)
@@ -301,19 +318,24 @@ impl Driver {
         self.subject_dial_failed(node, false, self.health.degraded());
     }
 
-    /// Our dial of subject `node` was refused or outlived `probe_timeout`
+    /// Our dial of subject `node` was refused or outlived its deadline
     /// (`timed_out`); after [`SUBJECT_DIAL_ATTEMPTS`] such failures in a row it is down
     /// for us. A dial that failed after its deadline was counted already. While we run
     /// late nothing counts: the slow one may be us.
     fn subject_dial_failed(&mut self, node: NodeId, timed_out: bool, degraded: bool) {
+        let now = Instant::now();
+        let quiet = self.overlay_quiet(now);
         let Some(subject) = self.watch.subjects.get_mut(&node) else {
             return;
         };
         if subject.dial_deadline.take().is_none() {
             return;
         }
-        let now = Instant::now();
-        subject.next_dial = if timed_out { now } else { now + SUBJECT_REDIAL };
+        subject.next_dial = match (timed_out, quiet) {
+            (true, _) => now,
+            (false, true) => now + QUIET_SUBJECT_REDIAL,
+            (false, false) => now + SUBJECT_REDIAL,
+        };
         if degraded {
             self.table.counters.verdicts_deferred += 1;
             return;
