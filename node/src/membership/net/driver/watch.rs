@@ -36,8 +36,8 @@ use crate::membership::net::{node_to_peer, peer_to_node};
 use crate::membership::ring::MonitorRings;
 use crate::membership::table::{MembershipEvent, SuspicionOutcome};
 
-/// How long after a refused dial of a subject the next one starts while members
-/// come and go (one that timed out is repeated at once).
+/// How long after a refused dial of a subject (or one we had no address for) the
+/// next one starts while members come and go; one that timed out is repeated at once.
 const SUBJECT_REDIAL: Duration = Duration::from_secs(2);
 /// The same once the overlay is quiet (see [`QUIET_AFTER`]).
 const QUIET_SUBJECT_REDIAL: Duration = Duration::from_millis(500);
@@ -261,7 +261,7 @@ impl Driver {
             return;
         };
         if addrs.is_empty() {
-            subject.next_dial = now + SUBJECT_SETTLE;
+            subject.next_dial = now + SUBJECT_REDIAL;
             return;
         }
         subject.dial_deadline = Some(now + limit);
