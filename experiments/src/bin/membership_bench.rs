@@ -32,7 +32,7 @@
 //! N agents on 127.0.0.1 (crash = SIGKILL, freeze = SIGSTOP), observed through
 //! each agent's RPC event stream; its CPU is read from /proc.
 //!
-//! Run: `cargo run --release -p slicenet-experiments --bin membership_bench -- [--nodes 10,100,1000] [--verify both] [--serf-max 100] [--json]`
+//! Run: `cargo run --release -p slicenet-experiments --bin membership_bench -- [--nodes 10,100,1000] [--verify both] [--serf-max 100] [--runs 1] [--json]`
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -92,6 +92,11 @@ struct Args {
     /// Seconds to wait for convergence before giving up.
     #[arg(long, default_value_t = 120)]
     converge_limit: u64,
+    /// Runs per slicenet row. A single run at 1,000 nodes varies by several seconds, so
+    /// with more than one, the runs after the first measure convergence only, and a
+    /// summary (min / median / max) follows the table.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
     /// Print one JSON object per row instead of the table.
     #[arg(long)]
     json: bool,
@@ -978,16 +983,14 @@ fn main() -> anyhow::Result<()> {
     }
     let mut rows = Vec::new();
     for &n in &args.nodes {
-        if matches!(args.verify, Verify::Shared | Verify::Both) {
-            rows.push(run_slicenet(n, true, true, limit)?);
-        }
-        if matches!(args.verify, Verify::PerNode | Verify::Both) {
-            rows.push(run_slicenet(
-                n,
-                false,
-                args.verify == Verify::PerNode,
-                limit,
-            )?);
+        for run in 0..args.runs.max(1) {
+            if matches!(args.verify, Verify::Shared | Verify::Both) {
+                rows.push(run_slicenet(n, true, run == 0, limit)?);
+            }
+            if matches!(args.verify, Verify::PerNode | Verify::Both) {
+                let detect = run == 0 && args.verify == Verify::PerNode;
+                rows.push(run_slicenet(n, false, detect, limit)?);
+            }
         }
         if serf_available && n <= args.serf_max {
             rows.push(run_serf(n, args.serf_port, limit)?);
@@ -999,8 +1002,50 @@ fn main() -> anyhow::Result<()> {
         }
     } else {
         print_table(&rows);
+        if args.runs > 1 {
+            print_spread(&rows);
+        }
     }
     Ok(())
+}
+
+/// Convergence over the runs of each (system, nodes) row: min / median / max, and
+/// how many runs did not converge within the limit.
+fn print_spread(rows: &[Row]) {
+    let mut groups: Vec<(&str, usize, Vec<&Row>)> = Vec::new();
+    for r in rows {
+        match groups
+            .iter_mut()
+            .find(|(system, nodes, _)| *system == r.system && *nodes == r.nodes)
+        {
+            Some((_, _, runs)) => runs.push(r),
+            None => groups.push((&r.system, r.nodes, vec![r])),
+        }
+    }
+    println!("convergence over runs: min / median / max seconds (CPU-s median)");
+    for (system, nodes, runs) in groups {
+        let mut times: Vec<f64> = runs.iter().filter_map(|r| r.converge_s).collect();
+        times.sort_by(f64::total_cmp);
+        let mut cpu: Vec<f64> = runs.iter().map(|r| r.converge_cpu_s).collect();
+        cpu.sort_by(f64::total_cmp);
+        let missed = runs.len() - times.len();
+        let spread = match (times.first(), times.last()) {
+            (Some(min), Some(max)) => {
+                format!("{min:.2} / {:.2} / {max:.2}", times[times.len() / 2])
+            }
+            _ => "-".into(),
+        };
+        println!(
+            "{system:<20} {nodes:>6} | {} runs: {spread} ({:.1} CPU-s){}",
+            runs.len(),
+            cpu[cpu.len() / 2],
+            if missed > 0 {
+                format!(", {missed} not converged")
+            } else {
+                String::new()
+            }
+        );
+    }
 }
 
 #[cfg(test)]
