@@ -61,7 +61,7 @@ pub(super) struct SpreadState {
     next_exchange: Instant,
     /// Our exchange under way, and when it was sent.
     in_flight: Option<(OutboundRequestId, Instant)>,
-    last_news: Option<Instant>,
+    last_news: Instant,
 }
 
 impl SpreadState {
@@ -70,7 +70,7 @@ impl SpreadState {
             news: HashMap::new(),
             next_exchange: now + FAST_ROUND,
             in_flight: None,
-            last_news: Some(now),
+            last_news: now,
         }
     }
 
@@ -78,7 +78,7 @@ impl SpreadState {
     pub(super) fn note_news(&mut self, event: &MembershipEvent, now: Instant) {
         if let MembershipEvent::PeerUp(record) | MembershipEvent::PeerUpdated(record) = event {
             self.news.insert(record.node_id(), record.clone());
-            self.last_news = Some(now);
+            self.last_news = now;
         }
     }
 
@@ -87,11 +87,11 @@ impl SpreadState {
     /// own, but as long as others are still pushing it keeps pulling every round
     /// instead of every `sync_interval`.
     pub(super) fn note_activity(&mut self, now: Instant) {
-        self.last_news = Some(now);
+        self.last_news = now;
     }
 
     /// When we last learned news or a peer last pushed us some.
-    pub(super) fn last_news(&self) -> Option<Instant> {
+    pub(super) fn last_news(&self) -> Instant {
         self.last_news
     }
 
@@ -103,9 +103,7 @@ impl SpreadState {
     }
 
     fn round(&self, now: Instant, steady: Duration) -> Duration {
-        let fast = self
-            .last_news
-            .is_some_and(|t| now.duration_since(t) < FAST_ROUND_WINDOW);
+        let fast = now.saturating_duration_since(self.last_news) < FAST_ROUND_WINDOW;
         jittered(if fast { FAST_ROUND } else { steady })
     }
 }

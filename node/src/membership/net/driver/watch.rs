@@ -195,12 +195,7 @@ impl Driver {
 
     /// Whether, for [`QUIET_AFTER`], no member came or went and no peer pushed us news.
     fn overlay_quiet(&self, now: Instant) -> bool {
-        let last_change = self
-            .spread
-            .last_news()
-            .map_or(self.watch.rings_changed_at, |t| {
-                t.max(self.watch.rings_changed_at)
-            });
+        let last_change = self.spread.last_news().max(self.watch.rings_changed_at);
         now >= last_change + QUIET_AFTER
     }
 
