@@ -95,6 +95,9 @@ pub enum VmOutcome {
     PowerOff,
     /// The guest rebooted (exit status 10); the supervisor decides whether to start it again.
     Reboot,
+    /// The guest triple-faulted, which resets a real machine (exit status 10, like a reboot);
+    /// the text locates the fault.
+    TripleFault(String),
     /// The guest kernel panicked (exit status 11).
     Panic,
     /// Stopped by the control API or a signal (exit status 12).
@@ -108,7 +111,7 @@ impl VmOutcome {
     pub fn exit_code(&self) -> i32 {
         match self {
             VmOutcome::PowerOff => 0,
-            VmOutcome::Reboot => 10,
+            VmOutcome::Reboot | VmOutcome::TripleFault(_) => 10,
             VmOutcome::Panic => 11,
             VmOutcome::Stopped => 12,
             VmOutcome::VcpuFailed(_) => 13,
@@ -699,6 +702,7 @@ impl Runtime {
                 VmOutcome::Panic
             }
             VcpuExitReason::Platform(PlatformRequest::Reset) => VmOutcome::Reboot,
+            VcpuExitReason::TripleFault(state) => VmOutcome::TripleFault(state),
             VcpuExitReason::Halted => VmOutcome::VcpuFailed("the boot vCPU halted".into()),
             VcpuExitReason::Error(e) => VmOutcome::VcpuFailed(e),
         })

@@ -7,7 +7,8 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use slicenet_vmm::nested::{qemu_available, NestedHost};
+use slicenet_vmm::appliance::Appliance;
+use slicenet_vmm::nested::{qemu_available, NestedError, NestedHost, NestedRun};
 
 const VMM: &str = env!("CARGO_BIN_EXE_slicenet-vmm");
 
@@ -21,23 +22,23 @@ fn default_appliances_boot_ping_and_end_with_the_right_status_under_nested_kvm()
     let Some((appliance, cache)) = common::default_appliance(test) else {
         return;
     };
-    let mut host = NestedHost::new(&appliance, &cache).unwrap();
-    host.add_program("slicenet-vmm", Path::new(VMM)).unwrap();
-    for (_, part) in appliance.parts() {
-        host.add_file(
-            &format!("t/app/{}", part.path),
-            &appliance.dir().join(&part.path),
-            0o644,
-        )
-        .unwrap();
-    }
-    host.add_file(
-        "t/app/appliance.toml",
-        &appliance.dir().join("appliance.toml"),
-        0o644,
-    )
-    .unwrap();
-    let run = host.run(SCRIPT, Duration::from_secs(240)).unwrap();
+    let run = match nested_run(&appliance, &cache) {
+        Ok(run) if !run.output.contains(TRIPLE_FAULT) => run,
+        // The nested host is QEMU's software emulation of AMD-V. In about 3 runs of 90
+        // here one of its guests triple-faulted early in boot without a word from its
+        // kernel, and once in CI the run never finished; never twice in a row. That is
+        // retried once, loudly, with what the first attempt printed. Any other failure,
+        // or the same one again, fails the test.
+        first => {
+            let first = match first {
+                Ok(run) => run.output,
+                Err(NestedError::Timeout { reason, output }) => format!("{reason}\n{output}"),
+                Err(e) => panic!("nested host: {e}"),
+            };
+            println!("RETRY: a nested guest triple-faulted or hung; first attempt:\n{first}");
+            nested_run(&appliance, &cache).unwrap()
+        }
+    };
     println!("{}", run.output);
     println!("nested run took {:.1} s", run.elapsed.as_secs_f64());
     let out = &run.output;
@@ -110,6 +111,28 @@ fn default_appliances_boot_ping_and_end_with_the_right_status_under_nested_kvm()
         .expect("listing of leftover sockets");
     assert_eq!(left.trim(), "", "VMM sockets left behind: {left}");
     assert!(has("NESTED-EXIT 0"));
+}
+
+/// What slicenet-vmm prints when its guest triple-faults.
+const TRIPLE_FAULT: &str = "guest triple-faulted";
+
+/// One run of [`SCRIPT`] in a fresh nested host with the VMM and the appliance.
+fn nested_run(appliance: &Appliance, cache: &Path) -> Result<NestedRun, NestedError> {
+    let mut host = NestedHost::new(appliance, cache)?;
+    host.add_program("slicenet-vmm", Path::new(VMM))?;
+    for (_, part) in appliance.parts() {
+        host.add_file(
+            &format!("t/app/{}", part.path),
+            &appliance.dir().join(&part.path),
+            0o644,
+        )?;
+    }
+    host.add_file(
+        "t/app/appliance.toml",
+        &appliance.dir().join("appliance.toml"),
+        0o644,
+    )?;
+    host.run(SCRIPT, Duration::from_secs(150))
 }
 
 const SCRIPT: &str = r#"

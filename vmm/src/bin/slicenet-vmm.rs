@@ -355,6 +355,7 @@ fn run(args: RunArgs, started: Instant) -> anyhow::Result<i32> {
         match &outcome {
             runtime::VmOutcome::PowerOff => "guest powered off".to_string(),
             runtime::VmOutcome::Reboot => "guest rebooted".to_string(),
+            runtime::VmOutcome::TripleFault(state) => format!("guest triple-faulted ({state})"),
             runtime::VmOutcome::Panic => "guest kernel panicked".to_string(),
             runtime::VmOutcome::Stopped => "stopped".to_string(),
             runtime::VmOutcome::VcpuFailed(e) => format!("vCPU failed: {e}"),

@@ -20,6 +20,9 @@ use crate::devices::legacy::PlatformRequest;
 pub enum VcpuExitReason {
     /// The guest asked the platform to power off, reset or report a panic.
     Platform(PlatformRequest),
+    /// The guest triple-faulted (a real machine resets); the text is the vCPU's state at
+    /// that moment, for diagnosis.
+    TripleFault(String),
     /// The vCPU executed HLT with no in-kernel irqchip to wait for (tiny guests only).
     Halted,
     /// KVM could not run the guest (emulation failure, failed VM entry, ...).
@@ -128,10 +131,9 @@ impl Vcpu {
                 Ok(VcpuExit::MmioRead(addr, data)) => bus.mmio_read(addr, data),
                 Ok(VcpuExit::MmioWrite(addr, data)) => bus.mmio_write(addr, data),
                 Ok(VcpuExit::Hlt) => return VcpuExitReason::Halted,
-                // A triple fault: the kernel's last-resort reboot.
-                Ok(VcpuExit::Shutdown) => {
-                    return VcpuExitReason::Platform(PlatformRequest::Reset)
-                }
+                // A triple fault: a real machine resets. Kernels use it as a last-resort
+                // reboot, but it is also how a crash too early or too deep to print ends.
+                Ok(VcpuExit::Shutdown) => return VcpuExitReason::TripleFault(self.fault_summary()),
                 Ok(VcpuExit::SystemEvent(kind, _)) => {
                     return VcpuExitReason::Platform(match kind {
                         KVM_SYSTEM_EVENT_SHUTDOWN => PlatformRequest::PowerOff,
@@ -164,6 +166,37 @@ impl Vcpu {
                 }
             }
         }
+    }
+
+    /// The registers that locate a triple fault, in one line.
+    fn fault_summary(&self) -> String {
+        let (Ok(regs), Ok(sregs)) = (self.fd.get_regs(), self.fd.get_sregs()) else {
+            return format!("vCPU {}: registers unreadable", self.index);
+        };
+        let mut text = format!(
+            "vCPU {} at rip {:#x} rsp {:#x} cs {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} idt {:#x}+{:#x}",
+            self.index,
+            regs.rip,
+            regs.rsp,
+            sregs.cs.selector,
+            sregs.cr0,
+            sregs.cr2,
+            sregs.cr3,
+            sregs.cr4,
+            sregs.efer,
+            sregs.idt.base,
+            sregs.idt.limit
+        );
+        if let Ok(events) = self.fd.get_vcpu_events() {
+            let exception = events.exception;
+            if exception.injected != 0 || exception.pending != 0 {
+                text.push_str(&format!(
+                    ", exception {} (error code {:#x})",
+                    exception.nr, exception.error_code
+                ));
+            }
+        }
+        text
     }
 
     /// Captures the vCPU's state (call only while it is not running).
