@@ -24,9 +24,9 @@ fn default_appliances_boot_ping_and_end_with_the_right_status_under_nested_kvm()
     };
     let run = match nested_run(&appliance, &cache) {
         Ok(run) if !run.output.contains(TRIPLE_FAULT) => run,
-        // The nested host is QEMU's software emulation of AMD-V. In about 3 runs of 90
-        // here one of its guests triple-faulted early in boot without a word from its
-        // kernel, and once in CI the run never finished; never twice in a row. That is
+        // The nested host is QEMU's software emulation of AMD-V. About one run in 40 here,
+        // one of its guests reset early in boot without a word from its kernel (a triple
+        // fault), and once in CI the run never finished; never twice in a row. That is
         // retried once, loudly, with what the first attempt printed. Any other failure,
         // or the same one again, fails the test.
         first => {
