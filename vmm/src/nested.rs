@@ -214,6 +214,22 @@ impl NestedHost {
         Ok(())
     }
 
+    /// Copies an appliance (its parts and manifest) to the directory `dest` in the outer VM.
+    pub fn add_appliance(&mut self, dest: &str, appliance: &Appliance) -> Result<(), NestedError> {
+        for (_, part) in appliance.parts() {
+            self.add_file(
+                &format!("{dest}/{}", part.path),
+                &appliance.dir().join(&part.path),
+                0o644,
+            )?;
+        }
+        self.add_file(
+            &format!("{dest}/appliance.toml"),
+            &appliance.dir().join("appliance.toml"),
+            0o644,
+        )
+    }
+
     /// Adds a file with the given contents.
     pub fn add_bytes(&mut self, dest: &str, data: Vec<u8>, mode: u32) {
         let mut end = 0;

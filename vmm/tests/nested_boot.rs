@@ -120,18 +120,7 @@ const TRIPLE_FAULT: &str = "guest triple-faulted";
 fn nested_run(appliance: &Appliance, cache: &Path) -> Result<NestedRun, NestedError> {
     let mut host = NestedHost::new(appliance, cache)?;
     host.add_program("slicenet-vmm", Path::new(VMM))?;
-    for (_, part) in appliance.parts() {
-        host.add_file(
-            &format!("t/app/{}", part.path),
-            &appliance.dir().join(&part.path),
-            0o644,
-        )?;
-    }
-    host.add_file(
-        "t/app/appliance.toml",
-        &appliance.dir().join("appliance.toml"),
-        0o644,
-    )?;
+    host.add_appliance("t/app", appliance)?;
     host.run(SCRIPT, Duration::from_secs(150))
 }
 

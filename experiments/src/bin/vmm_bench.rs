@@ -296,18 +296,7 @@ fn main() -> anyhow::Result<()> {
             Path::new("/usr/share/qemu/qboot.rom"),
             0o644,
         )?;
-        for (_, part) in appliance.parts() {
-            host.add_file(
-                &format!("t/app/{}", part.path),
-                &appliance.dir().join(&part.path),
-                0o644,
-            )?;
-        }
-        host.add_file(
-            "t/app/appliance.toml",
-            &appliance.dir().join("appliance.toml"),
-            0o644,
-        )?;
+        host.add_appliance("t/app", &appliance)?;
         let mut script = format!(
             "vmm_bench measure --appliance /t/app --boots {} --boot-timeout {} \
              --vmm /bin/slicenet-vmm --qemu /bin/qemu-system-x86_64 --qemu-data /t/qemu-data \
