@@ -697,8 +697,11 @@ impl Runtime {
         Some(match reason {
             VcpuExitReason::Platform(PlatformRequest::PowerOff) => VmOutcome::PowerOff,
             VcpuExitReason::Platform(PlatformRequest::Panic) => VmOutcome::Panic,
-            // A kernel configured with panic=N reboots after a panic: report the panic.
-            VcpuExitReason::Platform(PlatformRequest::Reset) if self.console_events.panicked() => {
+            // A kernel configured with panic=N reboots after a panic (by any means, a
+            // triple fault included): report the panic.
+            VcpuExitReason::Platform(PlatformRequest::Reset) | VcpuExitReason::TripleFault(_)
+                if self.console_events.panicked() =>
+            {
                 VmOutcome::Panic
             }
             VcpuExitReason::Platform(PlatformRequest::Reset) => VmOutcome::Reboot,
